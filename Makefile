@@ -1,0 +1,66 @@
+# distml — the two commands a fresh machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+NODES    ?= 4
+GPUS     ?= 8
+PYTEST_ARGS ?=
+export DISTML_REPO := $(CURDIR)
+
+.PHONY: help venv tools cluster cluster-down cluster-status test test-unit test-integration \
+        test-runtime lint crds demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+# The venv is rebuilt when the lock changes; uv installs from its cache outside the repo, so a
+# fresh clone on a machine that has built once installs in seconds.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@echo "==> python venv ($(VENV)): installing pinned dependencies (first time: torch is a few GB)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q uv==$(UV_VERSION)
+	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed ## create the venv with pinned dependencies
+
+tools: ## build (or reuse) etcd, kube-*, kubectl, kwok and helm into bin/
+	@bash hack/build-tools.sh
+
+cluster: venv tools ## start the local GPU cluster (NODES=4 GPUS=8); no-op while it is up
+	@$(PY) -m distml.localcluster up --nodes $(NODES) --gpus-per-node $(GPUS)
+
+cluster-down: ## stop every process of the local cluster
+	@if [ -x $(PY) ]; then $(PY) -m distml.localcluster down; fi
+
+cluster-status: venv ## show whether the cluster is up, and its nodes
+	@$(PY) -m distml.localcluster status
+
+lint: venv ## ruff, mypy, import contracts, hadolint
+	@$(VENV)/bin/ruff check operator images tests bench
+	@$(VENV)/bin/ruff format --check operator images tests bench
+	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports
+
+test-unit: venv ## unit tests (pure logic)
+	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv tools ## integration tests against the local cluster
+	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-runtime: venv ## runtime tests (multi-process torch.distributed on gloo)
+	@$(PY) -m pytest -m runtime $(PYTEST_ARGS)
+
+test: venv tools lint ## every test layer; the last line is pytest's summary
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv tools ## the main job on the embedded local GPU cluster
+	@bash hack/demo.sh
+
+clean: cluster-down ## remove the venv, bin/ links and cluster state (the tool cache stays)
+	rm -rf $(VENV) bin .cluster

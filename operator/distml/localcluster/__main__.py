@@ -1,0 +1,77 @@
+"""`python -m distml.localcluster up|down|status|exit-pod|node-down|node-up|node-remove`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from distml.localcluster import faults
+from distml.localcluster.cluster import LocalCluster
+from distml.localcluster.nodes import ClusterShape, NodeShape
+
+
+def default_cluster() -> LocalCluster:
+    repo = Path(os.environ.get("DISTML_REPO", Path.cwd()))
+    return LocalCluster(root=repo / ".cluster", bin_dir=repo / "bin")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distml.localcluster", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the cluster (or make its nodes match) and wait for Ready")
+    up.add_argument("--nodes", type=int, default=4)
+    up.add_argument("--gpus-per-node", type=int, default=8)
+    up.add_argument("--nodes-per-block", type=int, default=2)
+    up.add_argument("--zones", type=int, default=2)
+    up.add_argument("--timeout", type=float, default=180.0)
+    sub.add_parser("down", help="stop every process the cluster started")
+    sub.add_parser("status", help="say whether the cluster is up and list its nodes")
+    ex = sub.add_parser("exit-pod", help="make a pod's containers exit with a code")
+    ex.add_argument("pod")
+    ex.add_argument("code", type=int)
+    ex.add_argument("-n", "--namespace", default="default")
+    ex.add_argument("--reason", default="")
+    for name in ("node-down", "node-up", "node-remove"):
+        sub.add_parser(name).add_argument("node")
+    args = ap.parse_args(argv)
+
+    c = default_cluster()
+    if args.cmd == "up":
+        shape = ClusterShape(
+            nodes=args.nodes, nodes_per_block=args.nodes_per_block, zones=args.zones
+        )
+        c.up(shape, NodeShape(gpus=args.gpus_per_node), timeout=args.timeout)
+        print(f"export KUBECONFIG={c.kubeconfig}")
+    elif args.cmd == "down":
+        c.down()
+    elif args.cmd == "status":
+        if not c.is_up():
+            print("local cluster: down")
+            return 1
+        print(f"local cluster: up (KUBECONFIG={c.kubeconfig})")
+        print(
+            c.kubectl(
+                "get",
+                "nodes",
+                "-L",
+                "nvidia.com/gpu.product,topology.kubernetes.io/zone,topology.distml.io/block",
+                "-o",
+                "wide",
+            ),
+            end="",
+        )
+    elif args.cmd == "exit-pod":
+        faults.exit_pod(c, args.namespace, args.pod, args.code, args.reason)
+    elif args.cmd == "node-down":
+        faults.node_down(c, args.node)
+    elif args.cmd == "node-up":
+        faults.node_up(c, args.node)
+    elif args.cmd == "node-remove":
+        faults.node_remove(c, args.node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK
+as local processes, plus simulated GPU nodes. `up` is idempotent: while the cluster answers it only
+makes the node set match the asked shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distml.localcluster import nodes, pki, processes
+
+# Stop order: the simulators and controllers first, etcd last.
+STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.64.0.0/12"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_fingerprint() -> str:
+    """Changes whenever the flags or the KWOK stages change, so `up` restarts a stale cluster."""
+    here = Path(__file__)
+    digest = hashlib.sha256(here.read_bytes() + here.with_name("kwok-stages.yaml").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _say(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LocalCluster:
+    root: Path  # .cluster/
+    bin_dir: Path  # bin/
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def _pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def _pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._state_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _bin(self, name: str) -> str:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `make tools` (hack/build-tools.sh)")
+        return str(path.resolve())
+
+    # --- health --------------------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._pki / "ca.crt"))
+        ctx.load_cert_chain(str(self._pki / "admin.crt"), str(self._pki / "admin.key"))
+        return ctx
+
+    def _get(self, url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        ctx = self._ssl() if url.startswith("https") else None
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (OSError, ValueError):
+            return 0, b""
+
+    def api_answers(self) -> bool:
+        port = self.state().get("apiserver_port")
+        return bool(port) and self._get(f"https://127.0.0.1:{port}/readyz")[0] == 200
+
+    def is_up(self) -> bool:
+        alive = processes.running(self._pids)
+        fresh = self.state().get("fingerprint") == config_fingerprint()
+        return fresh and all(n in alive for n in STOP_ORDER) and self.api_answers()
+
+    def _wait(
+        self, what: str, check: Callable[[], object], timeout: float, proc: str | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if proc and processes.running_pid(self._pids / f"{proc}.pid") is None:
+                raise RuntimeError(
+                    f"{proc} exited while waiting for {what}; see {self.logs}/{proc}.log"
+                )
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
+        )
+
+    # --- kubectl ---------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        out = subprocess.run(
+            [self._bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def up(self, shape: nodes.ClusterShape, node: nodes.NodeShape, timeout: float = 120.0) -> None:
+        if self.is_up():
+            _say("already up")
+        else:
+            self.down(quiet=True)
+            self._start(timeout)
+        self.sync_nodes(shape, node, timeout)
+
+    def _start(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)
+        pki.write_pki(self._pki)
+        state: dict[str, Any] = {
+            "etcd_port": _free_port(),
+            "etcd_peer_port": _free_port(),
+            "apiserver_port": _free_port(),
+            "fingerprint": config_fingerprint(),
+        }
+        self._state_file.write_text(json.dumps(state))
+        self._write_kubeconfig(state["apiserver_port"])
+        p, L = self._pids, self.logs
+        etcd_url = f"http://127.0.0.1:{state['etcd_port']}"
+        peer_url = f"http://127.0.0.1:{state['etcd_peer_port']}"
+        processes.start(
+            "etcd",
+            [
+                self._bin("etcd"),
+                "--name=distml",
+                f"--data-dir={self.root / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=distml={peer_url}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=8589934592",
+                "--log-level=warn",
+            ],
+            p,
+            L,
+        )
+        self._wait("etcd", lambda: self._get(f"{etcd_url}/health")[0] == 200, timeout, "etcd")
+        k = self._pki
+        processes.start(
+            "kube-apiserver",
+            [
+                self._bin("kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={state['apiserver_port']}",
+                f"--tls-cert-file={k / 'apiserver.crt'}",
+                f"--tls-private-key-file={k / 'apiserver.key'}",
+                f"--client-ca-file={k / 'ca.crt'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={k / 'sa.pub'}",
+                f"--service-account-signing-key-file={k / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                f"--cert-dir={k}",
+                "--max-requests-inflight=1600",
+                "--max-mutating-requests-inflight=800",
+                "--v=1",
+            ],
+            p,
+            L,
+        )
+        self._wait("kube-apiserver /readyz", self.api_answers, timeout, "kube-apiserver")
+        kc = f"--kubeconfig={self.kubeconfig}"
+        processes.start(
+            "kube-controller-manager",
+            [
+                self._bin("kube-controller-manager"),
+                kc,
+                "--leader-elect=false",
+                "--secure-port=0",
+                f"--root-ca-file={k / 'ca.crt'}",
+                f"--service-account-private-key-file={k / 'sa.key'}",
+                "--use-service-account-credentials=false",
+                # A dead simulated server is noticed in ~20s rather than the default 40s.
+                "--node-monitor-period=2s",
+                "--node-monitor-grace-period=20s",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                "--v=1",
+            ],
+            p,
+            L,
+        )
+        processes.start(
+            "kube-scheduler",
+            [
+                self._bin("kube-scheduler"),
+                kc,
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                "--v=1",
+            ],
+            p,
+            L,
+        )
+        processes.start(
+            "kwok",
+            [
+                self._bin("kwok"),
+                kc,
+                f"--config={Path(__file__).with_name('kwok-stages.yaml')}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.255.0.1",
+                "--node-lease-duration-seconds=0",
+                "--server-address=",
+                "-v=WARN",
+            ],
+            p,
+            L,
+        )
+        # The default ServiceAccount is what admission needs before any pod can be created.
+        self._wait(
+            "the default ServiceAccount",
+            lambda: self.kubectl("get", "serviceaccount", "default", "-o", "name", check=False),
+            timeout,
+            "kube-controller-manager",
+        )
+        took = time.monotonic() - t0
+        _say(f"control plane up in {took:.1f}s (API on 127.0.0.1:{state['apiserver_port']})")
+
+    def _write_kubeconfig(self, port: int) -> None:
+        k = self._pki
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "distml-local",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{port}",
+                        "certificate-authority": str(k / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "distml-admin",
+                    "user": {
+                        "client-certificate": str(k / "admin.crt"),
+                        "client-key": str(k / "admin.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "distml-local",
+                    "context": {"cluster": "distml-local", "user": "distml-admin"},
+                }
+            ],
+            "current-context": "distml-local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.kubeconfig.chmod(0o600)
+
+    def sync_nodes(self, shape: nodes.ClusterShape, node: nodes.NodeShape, timeout: float) -> None:
+        """Creates the simulated nodes the shape asks for, deletes simulated ones it does not, and
+        waits until every one of them is Ready."""
+        wanted = nodes.render_gpu_nodes(shape, node)
+        names = {n["metadata"]["name"] for n in wanted}
+        have = set(
+            self.kubectl(
+                "get", "nodes", "-l", f"{nodes.SIMULATED_LABEL}=kwok", "-o", "name"
+            ).split()
+        )
+        extra = sorted(
+            h.removeprefix("node/") for h in have if h.removeprefix("node/") not in names
+        )
+        if extra:
+            self.kubectl("delete", "node", "--wait=false", *extra)
+        missing = [n for n in wanted if f"node/{n['metadata']['name']}" not in have]
+        if missing:
+            for i in range(0, len(missing), 200):
+                batch = {"apiVersion": "v1", "kind": "List", "items": missing[i : i + 200]}
+                self.kubectl("create", "-f", "-", input=json.dumps(batch))
+        self._wait(
+            f"{len(wanted)} simulated GPU nodes Ready",
+            lambda: self._ready_count() >= len(wanted),
+            timeout,
+        )
+        if missing or extra:
+            _say(
+                f"{len(wanted)} simulated GPU nodes Ready "
+                f"({len(missing)} added, {len(extra)} removed)"
+            )
+
+    def _ready_count(self) -> int:
+        out = self.kubectl(
+            "get",
+            "nodes",
+            "-l",
+            f"{nodes.SIMULATED_LABEL}=kwok",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+        )
+        return out.split().count("True")
+
+    def down(self, quiet: bool = False) -> list[str]:
+        stopped = processes.stop_all(self._pids, STOP_ORDER)
+        if not quiet:
+            _say(f"stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
+        return stopped

@@ -1,0 +1,67 @@
+"""Fault and lifecycle injection on simulated nodes: end a pod with an exit code, take a node down
+(its heartbeat stops and its pods freeze, as when a server dies), bring it back, or make it vanish.
+The KWOK stages in kwok-stages.yaml act on the annotations set here."""
+
+from __future__ import annotations
+
+from distml.localcluster.cluster import LocalCluster
+
+EXIT_CODE_ANNOTATION = "sim.distml.io/exit-code"
+REASON_ANNOTATION = "sim.distml.io/reason"
+NODE_DOWN_ANNOTATION = "sim.distml.io/node-down"
+FROZEN_ANNOTATION = "sim.distml.io/frozen"
+
+
+def exit_pod(c: LocalCluster, namespace: str, pod: str, code: int, reason: str = "") -> None:
+    """The pod's containers exit with `code`: 0 ends it Succeeded, anything else Failed."""
+    args = [
+        "annotate",
+        "--overwrite",
+        "-n",
+        namespace,
+        f"pod/{pod}",
+        f"{EXIT_CODE_ANNOTATION}={code}",
+    ]
+    if reason:
+        args.append(f"{REASON_ANNOTATION}={reason}")
+    c.kubectl(*args)
+
+
+def _pods_on(c: LocalCluster, node: str) -> list[tuple[str, str]]:
+    out = c.kubectl(
+        "get",
+        "pods",
+        "-A",
+        "--field-selector",
+        f"spec.nodeName={node}",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name}{'\\n'}{end}",
+    )
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def node_down(c: LocalCluster, node: str) -> None:
+    """The node stops heartbeating and its pods freeze as they are, deletions included; the
+    controller manager marks it NotReady after its grace period."""
+    c.kubectl("annotate", "--overwrite", f"node/{node}", f"{NODE_DOWN_ANNOTATION}=true")
+    for ns, pod in _pods_on(c, node):
+        c.kubectl(
+            "annotate",
+            "--overwrite",
+            "-n",
+            ns,
+            f"pod/{pod}",
+            f"{FROZEN_ANNOTATION}=true",
+            check=False,
+        )
+
+
+def node_up(c: LocalCluster, node: str) -> None:
+    c.kubectl("annotate", f"node/{node}", f"{NODE_DOWN_ANNOTATION}-")
+    for ns, pod in _pods_on(c, node):
+        c.kubectl("annotate", "-n", ns, f"pod/{pod}", f"{FROZEN_ANNOTATION}-", check=False)
+
+
+def node_remove(c: LocalCluster, node: str) -> None:
+    """The Node object is deleted, as when a cloud instance is terminated."""
+    c.kubectl("delete", f"node/{node}", "--wait=false")
