@@ -1,0 +1,1 @@
+"""Benchmarks that run inside distml pods."""

@@ -1,0 +1,93 @@
+"""Joining a torch.distributed job: from torchrun's environment inside a pod, or by spawning N
+local ranks on this machine (for tests, benchmarks and laptops)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pick_backend(requested: str | None = None) -> str:
+    if requested:
+        if requested == "nccl" and not torch.cuda.is_available():
+            raise RuntimeError("--backend nccl needs a CUDA GPU; none is visible here")
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def device_for(backend: str) -> torch.device:
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init(backend: str) -> torch.device:
+    """Initialises the default group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT."""
+    device = device_for(backend)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {}
+        if backend == "nccl":
+            kwargs["device_id"] = device
+        dist.init_process_group(backend=backend, **kwargs)
+    return device
+
+
+def _spawned(
+    local_rank: int,
+    nproc: int,
+    port: int,
+    ranks_per_node: int,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(local_rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(ranks_per_node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GROUP_RANK": str(local_rank // ranks_per_node),
+        }
+    )
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    try:
+        fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(
+    fn: Callable[..., Any], nproc: int, *args: Any, ranks_per_node: int | None = None
+) -> None:
+    """Runs fn(*args) in `nproc` fresh processes forming one job; raises if any of them fails."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    mp.start_processes(  # type: ignore[attr-defined,no-untyped-call]
+        _spawned,
+        args=(nproc, free_port(), ranks_per_node or nproc, fn, args),
+        nprocs=nproc,
+        start_method="spawn",
+    )
+
+
+def under_launcher() -> bool:
+    """True when torchrun (or the operator's env contract) already made this process a rank."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
