@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export DISTML_REPO := $(CURDIR)
 
 .PHONY: help venv tools cluster cluster-down cluster-status test test-unit test-integration \
-        test-runtime lint crds demo clean
+        test-runtime lint crds demo clean bench-allreduce
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@echo "==> python venv ($(VENV)): installing pinned dependencies (first time: torch is a few GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q uv==$(UV_VERSION)
-	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.lock
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 
@@ -46,6 +46,7 @@ lint: venv ## ruff, mypy, import contracts, hadolint
 	@$(VENV)/bin/ruff format --check operator images tests bench
 	@$(VENV)/bin/mypy
 	@$(VENV)/bin/lint-imports
+	@$(VENV)/bin/hadolint images/runtime/Dockerfile images/operator/Dockerfile
 
 test-unit: venv ## unit tests (pure logic)
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
@@ -64,3 +65,6 @@ demo: venv tools ## the main job on the embedded local GPU cluster
 
 clean: cluster-down ## remove the venv, bin/ links and cluster state (the tool cache stays)
 	rm -rf $(VENV) bin .cluster
+
+bench-allreduce: venv ## all-reduce algorithms vs native, 4 gloo ranks, 1 KiB..64 MiB (+ plot)
+	@$(PY) bench/allreduce_compare.py --nproc 4 -e 64M

@@ -36,8 +36,19 @@ def device_for(backend: str) -> torch.device:
 
 
 def init(backend: str) -> torch.device:
-    """Initialises the default group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT."""
+    """Initialises the default group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (as torchrun
+    sets them), or as a job of one when they are absent."""
     device = device_for(backend)
+    if not under_launcher():  # a plain `python -m ...`: a job of one
+        os.environ.update(
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port()),
+            }
+        )
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
@@ -80,7 +91,7 @@ def spawn(
     """Runs fn(*args) in `nproc` fresh processes forming one job; raises if any of them fails."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    mp.start_processes(  # type: ignore[attr-defined,no-untyped-call]
+    mp.start_processes(
         _spawned,
         args=(nproc, free_port(), ranks_per_node or nproc, fn, args),
         nprocs=nproc,

@@ -1,0 +1,96 @@
+"""The pod entrypoint: turns the operator's env contract into a torchrun launch.
+
+    python -m distml_runtime.launch -- python -m distml_runtime.train.ddp --steps 1000
+
+torchrun reads its settings from the PET_* variables the operator sets (PET_NNODES,
+PET_NPROC_PER_NODE, PET_NODE_RANK, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT, PET_RDZV_ID,
+PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torchrun it
+- serves /metrics for every worker (prometheus_client's multiprocess mode) on DISTML_METRICS_PORT;
+- passes SIGTERM on to the workers so they can checkpoint (torchrun's agent does the forwarding);
+- exits with a code that tells the operator whether a restart can help: 0 success; 128+N when a
+  worker died of signal N (killed, OOM-killed, preempted: retryable); a worker's own exit code
+  1-127 otherwise (an application error: restarting will not help); 75 (EX_TEMPFAIL) when the
+  rendezvous itself failed (retryable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+EXIT_RENDEZVOUS = 75
+
+
+def exit_code_for(failures: dict[int, int]) -> int:
+    """Chooses the pod's exit code from workers' exit codes {rank: code}, where a negative code
+    is a signal death (Python's convention): any signal death wins, since a restart can help;
+    else the lowest rank's own code."""
+    codes = [code for _rank, code in sorted(failures.items())]
+    signals = [-c for c in codes if c < 0]
+    if signals:
+        return 128 + signals[0]
+    return next((min(c, 255) for c in codes if c > 0), 1)
+
+
+def torchrun_argv(command: list[str], env: dict[str, str]) -> list[str]:
+    """torchrun's own options come from the PET_* env; only the program and standalone mode here."""
+    argv = [] if env.get("PET_RDZV_ENDPOINT") else ["--standalone"]
+    if command and command[0].endswith(".py"):
+        return [*argv, *command]
+    return [*argv, "--no-python", *command]
+
+
+def serve_metrics(port: int) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m distml_runtime.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("DISTML_METRICS_PORT", "0") or 0)
+    )
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- program and its arguments")
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("give the program to run after --")
+    if args.metrics_port:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="distml-prom-"))
+        serve_metrics(args.metrics_port)
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(torchrun_argv(command, dict(os.environ))))
+    except ChildFailedError as err:
+        failures = {rank: f.exitcode for rank, f in err.failures.items()}
+        code = exit_code_for(failures)
+        print(f"[distml launch] workers failed {failures}; exiting {code}", file=sys.stderr)
+        return code
+    except SignalException as err:
+        print(f"[distml launch] stopped by {err.sigval.name}", file=sys.stderr)
+        return 128 + int(err.sigval)
+    except RendezvousError as err:
+        print(
+            f"[distml launch] rendezvous failed: {err}; exiting {EXIT_RENDEZVOUS}", file=sys.stderr
+        )
+        return EXIT_RENDEZVOUS
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training programs: data-parallel (ddp), and pipeline/hybrid parallel."""

@@ -1,0 +1,142 @@
+"""Data-parallel training really learns, checkpoints, and resumes where it stopped after a hard
+kill, also with a different number of ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TRAIN = [sys.executable, "-m", "distml_runtime.train.ddp", "--no-metrics"]
+
+
+def _run(args: list[str]) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_loss_goes_down_with_two_ranks(tmp_path):
+    out = _run([*TRAIN, "--nproc", "2", "--steps", "80", "--log-every", "10"])
+    losses = [e["loss"] for e in _events(out) if e["event"] == "step"]
+    assert len(losses) == 8
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_killed_run_resumes_from_its_checkpoint_with_another_world_size(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.Popen(
+        [
+            *TRAIN,
+            "--nproc",
+            "2",
+            "--steps",
+            "400",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--checkpoint-every",
+            "20",
+            "--step-delay",
+            "0.02",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    saved = []
+    deadline = time.monotonic() + 240
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.startswith("{") and json.loads(line)["event"] == "checkpoint":
+            saved.append(json.loads(line)["step"])
+            if len(saved) == 2:
+                break
+        assert time.monotonic() < deadline, "no checkpoints written"
+    os.killpg(first.pid, signal.SIGKILL)  # no chance to checkpoint again
+    first.wait()
+    assert saved == [20, 40]
+
+    out = _run(
+        [
+            *TRAIN,
+            "--nproc",
+            "3",
+            "--steps",
+            "120",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--checkpoint-every",
+            "20",
+        ]
+    )
+    events = _events(out)
+    resumed = next(e for e in events if e["event"] == "resume")
+    assert (resumed["step"], resumed["from_world_size"], resumed["world_size"]) == (40, 2, 3)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps[0] == 50 and steps[-1] == 120
+    assert events[-1] == {"event": "done", "step": 120, "world_size": 3}
+
+
+LAUNCH = [sys.executable, "-m", "distml_runtime.launch", "--"]
+
+
+@pytest.mark.parametrize(
+    ("program", "code"),
+    [
+        ("import sys; sys.exit(0)", 0),
+        ("import sys; sys.exit(3)", 3),  # an application error: a restart will not help
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 137),  # killed: retryable
+    ],
+)
+def test_launcher_exit_code_says_whether_a_restart_can_help(program, code):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [*LAUNCH, "python", "-c", program], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+
+
+def test_launcher_forwards_sigterm_so_training_checkpoints(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [
+            *LAUNCH,
+            "python",
+            "-m",
+            "distml_runtime.train.ddp",
+            "--no-metrics",
+            "--steps",
+            "5000",
+            "--step-delay",
+            "0.02",
+            "--checkpoint-dir",
+            str(tmp_path),
+            "--checkpoint-every",
+            "1000",
+            "--log-every",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("{") and json.loads(line)["event"] == "step":
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143
+    preempted = next(e for e in _events(rest) if e["event"] == "preempted")
+    assert (tmp_path / f"step-{preempted['step']:09d}.pt").exists()
