@@ -68,3 +68,10 @@ clean: cluster-down ## remove the venv, bin/ links and cluster state (the tool c
 
 bench-allreduce: venv ## all-reduce algorithms vs native, 4 gloo ranks, 1 KiB..64 MiB (+ plot)
 	@$(PY) bench/allreduce_compare.py --nproc 4 -e 64M
+
+k8s-schema: cluster ## refresh the pod template schema snapshot from the local cluster's API server
+	@bin/kubectl --kubeconfig .cluster/kubeconfig get --raw /openapi/v3/api/v1 | \
+	  $(PY) -m distml.api.k8sschema "$$(bin/kubectl --kubeconfig .cluster/kubeconfig version -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
+
+crds: venv ## regenerate crds/ from the pydantic models
+	@$(PY) -m distml.api.crd crds

@@ -1,0 +1,164 @@
+"""CRDs generated from the pydantic models: `python -m distml.api.crd crds/` (make crds).
+
+Pure: the pydantic JSON schema is turned into a structural OpenAPI v3 schema (references inlined,
+titles dropped, optional fields unwrapped, exclusive bounds in OpenAPI 3.0 form), the pod template
+gets Kubernetes' own schema, and the CEL rules of models.py are attached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distml.api import models
+from distml.api.k8sschema import SNAPSHOT
+
+
+def pod_template_schema() -> dict[str, Any]:
+    return dict(json.loads(SNAPSHOT.read_text())["schema"])
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        resolved = _structural(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        for key in ("description", "default"):
+            if key in node:
+                resolved[key] = node[key]
+        return resolved
+    options = [o for o in node.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1 and len(node["anyOf"]) == 2:  # Optional[X]: X, not required
+        merged = {k: v for k, v in node.items() if k != "anyOf"}
+        inner = _structural(options[0], defs)
+        if "description" in merged:
+            inner["description"] = merged["description"]
+        if merged.get("default") is not None:
+            inner["default"] = merged["default"]
+        return inner
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("title", "$defs"):
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "properties":
+            out[key] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+    return out
+
+
+def model_schema(model: type[models.BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True)
+    return _structural(raw, raw.get("$defs", {}))
+
+
+def trainingjob_schema() -> dict[str, Any]:
+    spec = model_schema(models.TrainingJobSpec)
+    spec["properties"]["template"] = {
+        **pod_template_schema(),
+        "description": spec["properties"]["template"].get("description", ""),
+    }
+    spec["x-kubernetes-validations"] = models.SPEC_RULES
+    status = model_schema(models.TrainingJobStatus)
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": [models.NAME_RULE],
+    }
+
+
+def _column(
+    name: str, path: str, kind: str = "string", priority: int = 0, description: str = ""
+) -> dict[str, Any]:
+    col: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path}
+    if priority:
+        col["priority"] = priority
+    if description:
+        col["description"] = description
+    return col
+
+
+def trainingjob_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "spec": {
+            "group": models.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": models.KIND,
+                "listKind": f"{models.KIND}List",
+                "plural": models.PLURAL,
+                "singular": models.KIND.lower(),
+                "shortNames": ["tj"],
+                "categories": ["distml"],
+            },
+            "versions": [
+                {
+                    "name": models.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        _column("Phase", ".status.phase"),
+                        _column("Ready", ".status.readyText", description="ready/desired pods"),
+                        _column("GPUs", ".status.gpus", "integer"),
+                        _column("Restarts", ".status.restarts", "integer"),
+                        _column("Age", ".metadata.creationTimestamp", "date"),
+                        _column("Replicas", ".spec.replicas", "integer", 1),
+                        _column("Restart-Policy", ".spec.restartPolicy", priority=1),
+                        _column("Message", ".status.message", priority=1),
+                    ],
+                    "schema": {"openAPIV3Schema": trainingjob_schema()},
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name -> CRD, for every kind the operator serves."""
+    return {f"{models.GROUP}_{models.PLURAL}.yaml": trainingjob_crd()}
+
+
+def render(crd: dict[str, Any]) -> str:
+    header = "# Generated from operator/distml/api/models.py by `make crds`. Do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0] if argv else "crds")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, crd in all_crds().items():
+        (out / name).write_text(render(crd))
+        print(f"wrote {out / name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

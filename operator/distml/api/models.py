@@ -1,0 +1,214 @@
+"""The TrainingJob API (distml.io/v1alpha1), as pydantic models: the one source of truth.
+
+The CRD under crds/ is generated from these models (`make crds`); the operator parses objects
+with them. Field names are the API's camelCase; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "distml.io"
+VERSION = "v1alpha1"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+DEFAULT_RDZV_PORT = 29400
+DEFAULT_MASTER_PORT = 29500
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
+    )
+
+
+class RestartPolicy(StrEnum):
+    NEVER = "Never"
+    ON_FAILURE = "OnFailure"
+    EXIT_CODE = "ExitCode"
+
+
+class CleanPodPolicy(StrEnum):
+    ALL = "All"
+    RUNNING = "Running"
+    NONE = "None"
+
+
+class Phase(StrEnum):
+    QUEUED = "Queued"
+    CREATING = "Creating"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class RunPolicy(_Model):
+    """How long and how often the job may run, and what happens to its pods and itself after."""
+
+    backoff_limit: int = Field(3, ge=0, description="Group restarts allowed before the job fails.")
+    active_deadline_seconds: int | None = Field(
+        None, gt=0, description="Fail the job once it has run this long (from its start)."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished job this long after it finished."
+    )
+    clean_pod_policy: CleanPodPolicy = Field(
+        CleanPodPolicy.RUNNING,
+        description="Pods deleted when the job finishes: All, Running (still running), None.",
+    )
+    suspend: bool = Field(False, description="Delete the pods and hold the job until unset.")
+
+
+class ExitCodes(_Model):
+    """For restartPolicy ExitCode: which container exit codes are worth a restart."""
+
+    retryable: list[int] = Field(
+        default_factory=lambda: [75],
+        description="Codes restarted besides signals (>= 128); 75 is the launcher's rendezvous "
+        "failure. Any other code 1-127 is an application error and fails the job.",
+    )
+
+
+class Gang(_Model):
+    """All-or-nothing start: the whole group is admitted and Running together, or not at all."""
+
+    timeout_seconds: int = Field(
+        300, gt=0, description="Release every pod and retry if not all are Running by then."
+    )
+    scheduler_name: str | None = Field(
+        None, description="Pass pods to another scheduler (e.g. volcano) instead."
+    )
+    pod_group_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations put on every pod, e.g. a pod group name."
+    )
+
+
+class Elastic(_Model):
+    """Elastic training: torchrun runs with PET_NNODES=min:max and the job scales in that range."""
+
+    min_replicas: int = Field(..., ge=1)
+    max_replicas: int = Field(..., ge=1)
+    max_restarts: int = Field(3, ge=0, description="torchrun's own restarts (PET_MAX_RESTARTS).")
+
+
+class Parallelism(_Model):
+    """Model-parallel degrees; the world size must be divisible by pipeline x tensor."""
+
+    pipeline: int = Field(1, ge=1)
+    tensor: int = Field(1, ge=1)
+
+
+class TrainingJobSpec(_Model):
+    replicas: int = Field(..., ge=1, description="Pods (torchrun nodes).")
+    gpus_per_replica: int = Field(0, ge=0, description="nvidia.com/gpu requested by each pod.")
+    nproc_per_replica: int | None = Field(
+        None, ge=1, description="Processes per pod; defaults to gpusPerReplica, or 1 without GPUs."
+    )
+    template: dict[str, Any] = Field(..., description="The pod template of every worker.")
+    run_policy: RunPolicy = Field(default_factory=lambda: RunPolicy())
+    restart_policy: RestartPolicy = Field(
+        RestartPolicy.EXIT_CODE,
+        description="Never: any failure fails the job. OnFailure: any failure restarts the group. "
+        "ExitCode: signals and exitCodes.retryable restart, other codes fail the job.",
+    )
+    exit_codes: ExitCodes = Field(default_factory=lambda: ExitCodes())
+    gang: Gang = Field(default_factory=lambda: Gang())
+    elastic: Elastic | None = None
+    parallelism: Parallelism | None = None
+    rendezvous_port: int = Field(DEFAULT_RDZV_PORT, ge=1, le=65535)
+
+    @property
+    def nproc(self) -> int:
+        if self.nproc_per_replica:
+            return self.nproc_per_replica
+        return self.gpus_per_replica or 1
+
+
+class Condition(_Model):
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class RankPlacement(_Model):
+    rank: int
+    pod: str
+    node: str = ""
+
+
+class TrainingJobStatus(_Model):
+    phase: Phase | None = None
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int = Field(0, description="Pods of the current restart generation.")
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    ready_text: str = Field("", description="ready/desired, for kubectl get.")
+    gpus: int = Field(0, description="GPUs the job holds now.")
+    restarts: int = 0
+    restart_generation: int = 0
+    gang_attempts: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    admitted_time: str | None = None
+    queued_time: str | None = None
+    next_attempt_time: str | None = None
+    observed_generation: int | None = None
+    selector: str = ""
+    ranks: list[RankPlacement] = Field(default_factory=list)
+
+
+# The CEL rules the API server enforces across fields (each names the field it is about).
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.elastic) || self.elastic.minReplicas <= self.elastic.maxReplicas",
+        "message": "spec.elastic.minReplicas must be <= spec.elastic.maxReplicas",
+        "fieldPath": ".elastic.minReplicas",
+    },
+    {
+        "rule": "!has(self.elastic) || (self.elastic.minReplicas <= self.replicas && "
+        "self.replicas <= self.elastic.maxReplicas)",
+        "message": "spec.replicas must be between spec.elastic.minReplicas and maxReplicas",
+        "fieldPath": ".replicas",
+    },
+    {
+        "rule": "!has(self.parallelism) || (self.replicas * (has(self.nprocPerReplica) ? "
+        "self.nprocPerReplica : (self.gpusPerReplica > 0 ? self.gpusPerReplica : 1))) % "
+        "(self.parallelism.pipeline * self.parallelism.tensor) == 0",
+        "message": "the world size (replicas x nprocPerReplica) must be divisible by "
+        "spec.parallelism.pipeline x spec.parallelism.tensor",
+        "fieldPath": ".parallelism",
+    },
+    {
+        "rule": "size(self.template.spec.containers) >= 1",
+        "message": "spec.template.spec.containers needs at least one container",
+        "fieldPath": ".template.spec.containers",
+    },
+]
+NAME_RULE = {
+    "rule": "size(self.metadata.name) <= 48",
+    "message": "metadata.name must be at most 48 characters (pod hostnames add a suffix)",
+}
+
+
+class TrainingJob(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: TrainingJobSpec
+    status: TrainingJobStatus = Field(default_factory=lambda: TrainingJobStatus())

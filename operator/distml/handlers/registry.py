@@ -1,0 +1,76 @@
+"""One asyncio worker per TrainingJob, woken by events about the job, its pods or the nodes, and
+by its own requeue timer. One worker per job means a job is never reconciled twice at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("distml.registry")
+Key = tuple[str, str]  # (namespace, name)
+_COALESCE_SECONDS = 0.05  # a burst of pod events makes one reconcile
+
+
+class JobWorkers:
+    def __init__(self, reconcile: Callable[[Key], Awaitable[float | None]]) -> None:
+        self._reconcile = reconcile
+        self._wake: dict[Key, asyncio.Event] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self.waiting: set[Key] = set()  # jobs waiting for capacity: woken when GPUs free up
+
+    def ensure(self, key: Key) -> None:
+        if key not in self._tasks or self._tasks[key].done():
+            self._wake[key] = asyncio.Event()
+            self._tasks[key] = asyncio.create_task(self._run(key), name=f"job {key[0]}/{key[1]}")
+        self.wake(key)
+
+    def wake(self, key: Key) -> None:
+        event = self._wake.get(key)
+        if event is not None:
+            event.set()
+
+    def wake_waiting(self) -> None:
+        for key in list(self.waiting):
+            self.wake(key)
+
+    def wake_all(self) -> None:
+        for key in list(self._wake):
+            self.wake(key)
+
+    async def forget(self, key: Key) -> None:
+        task = self._tasks.pop(key, None)
+        self._wake.pop(key, None)
+        self.waiting.discard(key)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def stop(self) -> None:
+        for key in list(self._tasks):
+            await self.forget(key)
+
+    async def _run(self, key: Key) -> None:
+        event = self._wake[key]
+        delay: float | None = None
+        failures = 0
+        while True:
+            if delay is None:
+                await event.wait()
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout=delay)
+            event.clear()
+            await asyncio.sleep(_COALESCE_SECONDS)
+            event.clear()
+            try:
+                delay = await self._reconcile(key)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = min(60.0, 0.5 * 2**failures)  # retry, never crash-loop
+                log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, delay)

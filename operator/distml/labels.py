@@ -1,0 +1,11 @@
+"""Label and annotation keys distml puts on what it creates."""
+
+JOB_NAME = "distml.io/job-name"
+RANK = "distml.io/rank"
+GENERATION = "distml.io/restart-generation"
+REPLICA_TYPE = "distml.io/replica-type"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OPERATOR = "distml-operator"
+GPU = "nvidia.com/gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+METRICS_PORT = 9400

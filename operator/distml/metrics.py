@@ -1,0 +1,30 @@
+"""The operator's Prometheus metrics (prometheus_client, served on --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+
+JOBS = Gauge("distml_trainingjobs", "TrainingJobs by phase", ["phase"])
+RECONCILE_SECONDS = Histogram(
+    "distml_reconcile_duration_seconds",
+    "Time one TrainingJob reconcile took",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("distml_reconcile_errors", "Reconciles that raised")
+TIME_TO_RUNNING = Histogram(
+    "distml_job_time_to_running_seconds",
+    "From the job's creation (kubectl apply) to all its workers Running",
+    buckets=_LATENCY,
+)
+QUEUE_WAIT = Histogram(
+    "distml_job_queue_wait_seconds",
+    "Time a gang waited in Queued before it was admitted",
+    buckets=_LATENCY,
+)
+PODS_CREATED = Counter("distml_pods_created", "Worker pods created")
+RESTARTS = Counter(
+    "distml_job_restarts", "Group restarts after a failed or lost worker", ["reason"]
+)
+GANG_TIMEOUTS = Counter("distml_gang_timeouts", "Gangs released for not all Running in time")

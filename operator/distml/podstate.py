@@ -1,0 +1,85 @@
+"""Reading pods and nodes as the API returns them (camelCase dicts). Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distml import labels
+
+Obj = dict[str, Any]
+
+
+def phase(pod: Obj) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def is_terminal(pod: Obj) -> bool:
+    return phase(pod) in ("Succeeded", "Failed")
+
+
+def is_deleting(pod: Obj) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def is_ready(pod: Obj) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return phase(pod) == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conds
+    )
+
+
+def node_name(pod: Obj) -> str:
+    return str((pod.get("spec") or {}).get("nodeName") or "")
+
+
+def rank(pod: Obj) -> int:
+    return int(pod["metadata"]["labels"][labels.RANK])
+
+
+def generation(pod: Obj) -> int:
+    return int(pod["metadata"]["labels"].get(labels.GENERATION, "0"))
+
+
+def exit_code(pod: Obj) -> int | None:
+    """The first non-zero exit code of a terminated container (0 if all exited 0)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    codes = []
+    for cs in statuses:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+            "terminated"
+        )
+        if term is not None:
+            codes.append(int(term.get("exitCode", 0)))
+    nonzero = [c for c in codes if c]
+    if nonzero:
+        return nonzero[0]
+    return 0 if codes else None
+
+
+def failure_reason(pod: Obj) -> str:
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode"):
+            return str(term.get("reason") or "Error")
+    return str(status.get("reason") or "Failed")
+
+
+def gpu_request(pod: Obj) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        value = (res.get("limits") or {}).get(labels.GPU) or (res.get("requests") or {}).get(
+            labels.GPU
+        )
+        total += int(value or 0)
+    return total
+
+
+def node_ready(node: Obj) -> bool:
+    conds = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def node_gpus(node: Obj) -> int:
+    return int(((node.get("status") or {}).get("allocatable") or {}).get(labels.GPU) or 0)

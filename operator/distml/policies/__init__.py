@@ -1,0 +1,1 @@
+"""One policy per module, each a pure function with its own tests."""

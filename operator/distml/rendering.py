@@ -1,0 +1,150 @@
+"""Renders what a TrainingJob owns — one pod per replica and a headless Service — as plain dicts.
+
+Pure: a parsed job in, Kubernetes objects out. Every pod carries torchrun's contract (PET_*) and,
+for programs that do not use torchrun, MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from distml import labels
+from distml.api.models import DEFAULT_MASTER_PORT, GROUP, KIND, VERSION, TrainingJobSpec
+
+# Kubernetes' usual taint on GPU nodes; GPU workers tolerate it.
+GPU_TOLERATION = {"key": labels.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def pod_name(job: str, rank: int, generation: int) -> str:
+    return f"{job}-worker-{rank}-{generation}"
+
+
+def pod_hostname(job: str, rank: int) -> str:
+    return f"{job}-{rank}"
+
+
+def rank0_address(job: str, namespace: str) -> str:
+    """Rank 0's stable DNS name through the headless Service, the same in every generation."""
+    return f"{pod_hostname(job, 0)}.{job}.{namespace}.svc.cluster.local"
+
+
+def owner_reference(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector_labels(job: str) -> dict[str, str]:
+    return {labels.JOB_NAME: job}
+
+
+def worker_env(
+    meta: dict[str, Any], spec: TrainingJobSpec, rank: int, generation: int
+) -> list[dict[str, str]]:
+    job, ns = meta["name"], meta["namespace"]
+    nproc = spec.nproc
+    nnodes = (
+        f"{spec.elastic.min_replicas}:{spec.elastic.max_replicas}"
+        if spec.elastic
+        else str(spec.replicas)
+    )
+    master = rank0_address(job, ns)
+    env = {
+        "PET_NNODES": nnodes,
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_NODE_RANK": str(rank),
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_RDZV_ENDPOINT": f"{master}:{spec.rendezvous_port}",
+        # A new id per restart generation, so torchrun's rendezvous starts clean.
+        "PET_RDZV_ID": f"{meta['uid']}-{generation}",
+        "PET_MAX_RESTARTS": str(spec.elastic.max_restarts if spec.elastic else 0),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(DEFAULT_MASTER_PORT),
+        "WORLD_SIZE": str(spec.replicas * nproc),
+        "RANK": str(rank * nproc),
+        "DISTML_JOB_NAME": job,
+        "DISTML_RESTART_GENERATION": str(generation),
+        "DISTML_METRICS_PORT": str(labels.METRICS_PORT),
+    }
+    if spec.parallelism:
+        env["DISTML_PIPELINE_PARALLEL"] = str(spec.parallelism.pipeline)
+        env["DISTML_TENSOR_PARALLEL"] = str(spec.parallelism.tensor)
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def render_worker_pod(
+    meta: dict[str, Any], spec: TrainingJobSpec, rank: int, generation: int
+) -> dict[str, Any]:
+    job, ns = meta["name"], meta["namespace"]
+    template = copy.deepcopy(spec.template)
+    tmeta = template.get("metadata") or {}
+    pod_spec: dict[str, Any] = template.get("spec") or {}
+    pod_labels = {
+        **(tmeta.get("labels") or {}),
+        **selector_labels(job),
+        labels.RANK: str(rank),
+        labels.GENERATION: str(generation),
+        labels.REPLICA_TYPE: "worker",
+        labels.MANAGED_BY: labels.OPERATOR,
+    }
+    annotations = {**(tmeta.get("annotations") or {}), **spec.gang.pod_group_annotations}
+    env = worker_env(meta, spec, rank, generation)
+    for container in pod_spec.get("containers", []):
+        container["env"] = [*env, *(container.get("env") or [])]
+    if spec.gpus_per_replica and pod_spec.get("containers"):
+        resources = pod_spec["containers"][0].setdefault("resources", {})
+        for kind in ("limits", "requests"):
+            resources.setdefault(kind, {})[labels.GPU] = str(spec.gpus_per_replica)
+        tolerations = pod_spec.setdefault("tolerations", [])
+        if GPU_TOLERATION not in tolerations:
+            tolerations.append(dict(GPU_TOLERATION))
+    pod_spec["restartPolicy"] = "Never"  # the operator restarts the whole group, never kubelet
+    pod_spec["hostname"] = pod_hostname(job, rank)
+    pod_spec["subdomain"] = job
+    pod_spec.setdefault("enableServiceLinks", False)
+    if spec.gang.scheduler_name:
+        pod_spec["schedulerName"] = spec.gang.scheduler_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job, rank, generation),
+            "namespace": ns,
+            "labels": pod_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(meta)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict[str, Any]:
+    """Gives every worker a stable DNS name, published before pods are Ready, so rank 0's
+    rendezvous address resolves while the group is still starting."""
+    job = meta["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job,
+            "namespace": meta["namespace"],
+            "labels": {**selector_labels(job), labels.MANAGED_BY: labels.OPERATOR},
+            "ownerReferences": [owner_reference(meta)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(job),
+            "ports": [
+                {"name": "rendezvous", "port": spec.rendezvous_port, "protocol": "TCP"},
+                {"name": "master", "port": DEFAULT_MASTER_PORT, "protocol": "TCP"},
+                {"name": "metrics", "port": labels.METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
