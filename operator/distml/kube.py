@@ -47,7 +47,8 @@ class Kube:
     def list_live_pods(self) -> list[Obj]:
         """Every pod in the cluster that has not finished."""
         resp = self.core.list_pod_for_all_namespaces(
-            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
+            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False
+        )
         return list(_json(resp)["items"])
 
     def create(self, obj: Obj) -> bool:

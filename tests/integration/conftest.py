@@ -4,6 +4,10 @@ when it is; every test gets its own namespace, deleted afterwards."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +43,8 @@ def core(api: client.ApiClient) -> client.CoreV1Api:
 
 @pytest.fixture
 def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name[:40].lower().replace("_", "-"))
+    name = f"t-{slug.strip('-')}-{uuid.uuid4().hex[:5]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")
@@ -88,3 +93,92 @@ def node_pool(core: client.CoreV1Api, cluster: LocalCluster):
         except client.ApiException as err:
             if err.status != 404:
                 raise
+
+
+class OperatorProcess:
+    """`python -m distml` as a real process against the local cluster; tests may kill it."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "DISTML_BACKOFF_BASE_SECONDS": "1",
+            "DISTML_BACKOFF_CAP_SECONDS": "4",
+        }
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distml",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--liveness",
+                    "",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        # Ready once it serves metrics (its caches are warm before handlers run).
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1)
+                return
+            except OSError:
+                assert self.proc.poll() is None, f"operator exited; see {self.log}"
+                time.sleep(0.2)
+        raise TimeoutError(f"operator did not start; see {self.log}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.distml.io"
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-tests.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)

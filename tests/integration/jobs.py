@@ -1,0 +1,70 @@
+"""Helpers for TrainingJob integration tests: build, apply, read status and events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from .helpers import wait_for
+
+GROUP, VERSION, PLURAL = "distml.io", "v1alpha1", "trainingjobs"
+
+
+def training_job(
+    name: str, replicas: int = 2, gpus: int = 8, node_selector: dict | None = None, **spec: Any
+) -> dict:
+    pod_spec: dict[str, Any] = {"containers": [{"name": "trainer", "image": "distml-runtime:test"}]}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "gpusPerReplica": gpus,
+            "template": {"spec": pod_spec},
+            **spec,
+        },
+    }
+
+
+def create(custom: client.CustomObjectsApi, ns: str, body: dict) -> dict:
+    return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+
+def get(custom: client.CustomObjectsApi, ns: str, name: str) -> dict:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def patch_spec(custom: client.CustomObjectsApi, ns: str, name: str, spec: dict) -> None:
+    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"spec": spec})
+
+
+def status(custom, ns: str, name: str) -> dict:
+    return get(custom, ns, name).get("status") or {}
+
+
+def wait_phase(custom, ns: str, name: str, phase: str, timeout: float = 60) -> dict:
+    return wait_for(
+        f"{name} {phase}",
+        lambda: (s := status(custom, ns, name)).get("phase") == phase and s,
+        timeout=timeout,
+    )
+
+
+def pods(core: client.CoreV1Api, ns: str, job: str) -> list:
+    return core.list_namespaced_pod(ns, label_selector=f"distml.io/job-name={job}").items
+
+
+def live_pods(core, ns: str, job: str) -> list:
+    return [p for p in pods(core, ns, job) if p.metadata.deletion_timestamp is None]
+
+
+def event_reasons(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
+    events = core.list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=TrainingJob"
+    ).items
+    # Timestamps have one-second resolution; etcd's revision orders events within a second.
+    return [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]

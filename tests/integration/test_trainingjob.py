@@ -1,0 +1,266 @@
+"""TrainingJob end to end on the real control plane, with the operator as a real process: gang
+start, restarts by policy, lost nodes, deadlines, TTL, suspend, and operator restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from distml.localcluster import faults
+
+from . import jobs
+from .helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def running_pods(core, ns, name, n, gen=0):
+    def ok():
+        ps = [
+            p
+            for p in jobs.live_pods(core, ns, name)
+            if p.metadata.labels["distml.io/restart-generation"] == str(gen)
+        ]
+        return ps if len(ps) == n and all(p.status.phase == "Running" for p in ps) else None
+
+    return wait_for(f"{n} Running pods of {name} generation {gen}", ok, timeout=60)
+
+
+def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(
+    cluster, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(2)
+    jobs.create(custom, namespace, jobs.training_job("ddp", 2, 8, sel))
+    pods = running_pods(core, namespace, "ddp", 2)
+    st = jobs.wait_phase(custom, namespace, "ddp", "Running")
+    assert st["readyText"] == "2/2" and st["gpus"] == 16
+    assert sorted(r["node"] for r in st["ranks"]) == sorted(p.spec.node_name for p in pods)
+    svc = core.read_namespaced_service("ddp", namespace)
+    assert svc.spec.cluster_ip == "None"
+    env = {e.name: e.value for e in pods[0].spec.containers[0].env}
+    assert env["PET_RDZV_ENDPOINT"] == f"ddp-0.ddp.{namespace}.svc.cluster.local:29400"
+
+    faults.exit_pod(cluster, namespace, pods[0].metadata.name, 0)
+    time.sleep(2)
+    assert jobs.status(custom, namespace, "ddp")["phase"] == "Running"  # one worker still runs
+    faults.exit_pod(cluster, namespace, pods[1].metadata.name, 0)
+    st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded")
+    assert st["succeeded"] == 2 and st["completionTime"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Succeeded"] == "True"
+    assert jobs.event_reasons(core, namespace, "ddp")[-1] == "Succeeded"
+
+
+def test_gang_waits_queued_without_creating_a_pod_until_it_fits(
+    cluster, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(2)
+    jobs.create(custom, namespace, jobs.training_job("big", 3, 8, sel))
+    wait_for(
+        "Queued with room for 2 of 3",
+        lambda: "room for 2 now" in jobs.status(custom, namespace, "big").get("message", ""),
+    )
+    assert jobs.status(custom, namespace, "big")["phase"] == "Queued"
+    time.sleep(2)
+    assert jobs.pods(core, namespace, "big") == []
+    assert "InsufficientGPUs" in jobs.event_reasons(core, namespace, "big")
+
+    # A third node joins the pool: the whole gang is admitted at once.
+    from distml.localcluster.nodes import ClusterShape, NodeShape, render_gpu_node
+
+    extra = render_gpu_node(ClusterShape(name_prefix=f"extra-{namespace[-5:]}"), NodeShape(), 0)
+    extra["metadata"]["labels"].update(sel)
+    core.create_node(extra)
+    try:
+        running_pods(core, namespace, "big", 3)
+        jobs.wait_phase(custom, namespace, "big", "Running")
+    finally:
+        core.delete_node(extra["metadata"]["name"])
+
+
+def test_impossible_request_is_explained_not_crash_looped(core, custom, namespace):
+    jobs.create(custom, namespace, jobs.training_job("huge", 1, 64))
+    st = jobs.wait_phase(custom, namespace, "huge", "Queued")
+    assert "asks for 64 nvidia.com/gpu but the largest node has 8" in st["message"]
+    assert "NoNodeFits" in jobs.event_reasons(core, namespace, "huge")
+
+
+def test_retryable_exit_restarts_the_group_and_application_error_fails(
+    cluster, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(2)
+    jobs.create(custom, namespace, jobs.training_job("flaky", 2, 8, sel))
+    first = running_pods(core, namespace, "flaky", 2)
+    faults.exit_pod(cluster, namespace, first[1].metadata.name, 137)
+    second = running_pods(core, namespace, "flaky", 2, gen=1)
+    st = jobs.wait_phase(custom, namespace, "flaky", "Running")
+    assert st["restarts"] == 1 and st["restartGeneration"] == 1
+    assert {p.metadata.name for p in second}.isdisjoint({p.metadata.name for p in first})
+
+    faults.exit_pod(cluster, namespace, second[0].metadata.name, 3)
+    st = jobs.wait_phase(custom, namespace, "flaky", "Failed")
+    assert "exited with code 3" in st["message"] and "application error" in st["message"]
+    reasons = jobs.event_reasons(core, namespace, "flaky")
+    assert "WorkerFailed" in reasons and reasons[-1] == "ApplicationError"
+    # cleanPodPolicy Running: the other worker is stopped, the failed one kept for its logs.
+    wait_for(
+        "only the failed pod left",
+        lambda: (
+            [p.metadata.name for p in jobs.live_pods(core, namespace, "flaky")]
+            == [second[0].metadata.name]
+        ),
+        timeout=30,
+    )
+
+
+def test_lost_node_restarts_the_group_elsewhere(cluster, core, custom, namespace, node_pool):
+    sel, _ = node_pool(3)
+    jobs.create(custom, namespace, jobs.training_job("resilient", 2, 8, sel))
+    first = running_pods(core, namespace, "resilient", 2)
+    victim = first[0].spec.node_name
+    t0 = time.monotonic()
+    faults.node_down(cluster, victim)
+    second = running_pods(core, namespace, "resilient", 2, gen=1)
+    took = time.monotonic() - t0
+    assert victim not in {p.spec.node_name for p in second}
+    st = jobs.status(custom, namespace, "resilient")
+    assert st["restarts"] == 1
+    # The pod on the dead node cannot be stopped by a kubelet: it was removed, not left behind.
+    wait_for(
+        "the lost pod gone",
+        lambda: (
+            first[0].metadata.name
+            not in {p.metadata.name for p in jobs.pods(core, namespace, "resilient")}
+        ),
+        timeout=30,
+    )
+    print(f"node down -> group Running again elsewhere: {took:.1f}s")
+
+
+def test_operator_killed_mid_creation_makes_no_duplicate(
+    cluster, operator, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(4)
+    jobs.create(custom, namespace, jobs.training_job("wide", 32, 1, sel))
+    wait_for("some pods created", lambda: jobs.pods(core, namespace, "wide"), every=0.02)
+    operator.kill()
+    operator.start()
+    running_pods(core, namespace, "wide", 32)
+    names = [p.metadata.name for p in jobs.pods(core, namespace, "wide")]
+    assert sorted(names) == sorted(f"wide-worker-{r}-0" for r in range(32))
+    assert jobs.wait_phase(custom, namespace, "wide", "Running")["restarts"] == 0
+
+
+def test_active_deadline_fails_a_running_job(core, custom, namespace, node_pool):
+    sel, _ = node_pool(1)
+    jobs.create(
+        custom,
+        namespace,
+        jobs.training_job("slow", 1, 8, sel, runPolicy={"activeDeadlineSeconds": 3}),
+    )
+    st = jobs.wait_phase(custom, namespace, "slow", "Failed", timeout=30)
+    assert st["conditions"][-1]["reason"] == "DeadlineExceeded"
+    wait_for("pods stopped", lambda: not jobs.live_pods(core, namespace, "slow"), timeout=30)
+
+
+def test_finished_job_is_deleted_after_its_ttl_and_stays_deleted(
+    cluster, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(1)
+    jobs.create(
+        custom,
+        namespace,
+        jobs.training_job("brief", 1, 8, sel, runPolicy={"ttlSecondsAfterFinished": 2}),
+    )
+    (pod,) = running_pods(core, namespace, "brief", 1)
+    faults.exit_pod(cluster, namespace, pod.metadata.name, 0)
+    jobs.wait_phase(custom, namespace, "brief", "Succeeded")
+
+    def gone():
+        try:
+            jobs.get(custom, namespace, "brief")
+            return False
+        except client.ApiException as err:
+            return err.status == 404
+
+    wait_for("the job deleted", gone, timeout=30)
+    time.sleep(3)
+    assert gone() and not jobs.live_pods(core, namespace, "brief")
+
+
+def test_suspend_releases_gpus_and_resume_starts_again(core, custom, namespace, node_pool):
+    sel, _ = node_pool(1)
+    jobs.create(custom, namespace, jobs.training_job("pausable", 1, 8, sel))
+    running_pods(core, namespace, "pausable", 1)
+    jobs.patch_spec(custom, namespace, "pausable", {"runPolicy": {"suspend": True}})
+    jobs.wait_phase(custom, namespace, "pausable", "Suspended")
+    wait_for("pods gone", lambda: not jobs.live_pods(core, namespace, "pausable"), timeout=30)
+    jobs.patch_spec(custom, namespace, "pausable", {"runPolicy": {"suspend": False}})
+    running_pods(core, namespace, "pausable", 1, gen=1)
+    assert jobs.wait_phase(custom, namespace, "pausable", "Running")["restarts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"replicas": 0}, "spec.replicas"),
+        ({"restartPolicy": "Sometimes"}, 'spec.restartPolicy: Unsupported value: "Sometimes"'),
+        (
+            {"elastic": {"minReplicas": 3, "maxReplicas": 4}},
+            "spec.replicas must be between spec.elastic.minReplicas and maxReplicas",
+        ),
+        ({"parallelism": {"pipeline": 3}}, "must be divisible by spec.parallelism.pipeline"),
+        ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy"),
+    ],
+)
+def test_api_server_refuses_bad_specs_naming_the_field(custom, namespace, spec, message):
+    body = jobs.training_job("bad", 2, 8)
+    body["spec"].update(spec)
+    with pytest.raises(client.ApiException) as err:
+        jobs.create(custom, namespace, body)
+    assert err.value.status == 422 and message in json.loads(err.value.body)["message"]
+
+
+def test_pod_template_is_validated_by_the_kubernetes_schema(custom, namespace):
+    body = jobs.training_job("bad", 1, 0)
+    body["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": "http"}]
+    with pytest.raises(client.ApiException) as err:
+        jobs.create(custom, namespace, body)
+    assert (
+        "spec.template.spec.containers[0].ports[0].containerPort"
+        in json.loads(err.value.body)["message"]
+    )
+
+
+@pytest.mark.parametrize(
+    "example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_examples_are_accepted_and_run(cluster, custom, namespace, example):
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    out = cluster.kubectl("apply", "-n", namespace, "-f", str(example))
+    assert f"trainingjob.distml.io/{name} created" in out
+    st = wait_for(
+        f"{name} taken up by the operator",
+        lambda: jobs.status(custom, namespace, name).get("phase"),
+        timeout=30,
+    )
+    assert st in ("Queued", "Creating", "Running")
+
+
+def test_operator_exports_its_metrics(operator):
+    text = operator.metrics()
+    for name in (
+        "distml_trainingjobs",
+        "distml_reconcile_duration_seconds_bucket",
+        "distml_pods_created_total",
+        "distml_job_restarts_total",
+        "distml_gang_timeouts_total",
+        "distml_job_time_to_running_seconds_bucket",
+        "distml_job_queue_wait_seconds_bucket",
+    ):
+        assert name in text, name

@@ -1,0 +1,143 @@
+"""Small fluent builders for table-driven tests: jobs, pods and nodes as the API returns them."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+from distml import labels
+from distml.rendering import pod_name
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def stamp(seconds: float) -> str:
+    return at(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JobBuilder:
+    def __init__(self, name: str = "llm") -> None:
+        self.o: dict[str, Any] = {
+            "apiVersion": "distml.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {
+                "name": name,
+                "namespace": "team",
+                "uid": "uid-1",
+                "generation": 1,
+                "creationTimestamp": stamp(0),
+            },
+            "spec": {
+                "replicas": 2,
+                "gpusPerReplica": 8,
+                "template": {"spec": {"containers": [{"name": "trainer", "image": "img"}]}},
+            },
+            "status": {},
+        }
+
+    def spec(self, **kw: Any) -> JobBuilder:
+        self.o["spec"].update(kw)
+        return self
+
+    def replicas(self, n: int) -> JobBuilder:
+        return self.spec(replicas=n)
+
+    def gpus(self, n: int) -> JobBuilder:
+        return self.spec(gpusPerReplica=n)
+
+    def run_policy(self, **kw: Any) -> JobBuilder:
+        self.o["spec"].setdefault("runPolicy", {}).update(kw)
+        return self
+
+    def status(self, **kw: Any) -> JobBuilder:
+        self.o["status"].update(kw)
+        return self
+
+    def obj(self) -> dict[str, Any]:
+        return copy.deepcopy(self.o)
+
+
+def make_job(name: str = "llm") -> JobBuilder:
+    return JobBuilder(name)
+
+
+class PodBuilder:
+    def __init__(self, job: str, rank: int, generation: int = 0, gpus: int = 8) -> None:
+        self.o: dict[str, Any] = {
+            "metadata": {
+                "name": pod_name(job, rank, generation),
+                "namespace": "team",
+                "labels": {
+                    labels.JOB_NAME: job,
+                    labels.RANK: str(rank),
+                    labels.GENERATION: str(generation),
+                },
+            },
+            "spec": {
+                "nodeName": f"n{rank}",
+                "containers": [
+                    {"name": "trainer", "resources": {"limits": {labels.GPU: str(gpus)}}}
+                ],
+            },
+            "status": {"phase": "Pending"},
+        }
+
+    def on(self, node: str) -> PodBuilder:
+        self.o["spec"]["nodeName"] = node
+        return self
+
+    def unscheduled(self) -> PodBuilder:
+        self.o["spec"].pop("nodeName")
+        return self
+
+    def running(self) -> PodBuilder:
+        self.o["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        return self
+
+    def exited(self, code: int) -> PodBuilder:
+        self.o["status"] = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": "Completed" if code == 0 else "Error",
+                        }
+                    },
+                }
+            ],
+        }
+        return self
+
+    def deleting(self) -> PodBuilder:
+        self.o["metadata"]["deletionTimestamp"] = stamp(0)
+        return self
+
+    def obj(self) -> dict[str, Any]:
+        return copy.deepcopy(self.o)
+
+
+def make_pod(job: str, rank: int, generation: int = 0, gpus: int = 8) -> PodBuilder:
+    return PodBuilder(job, rank, generation, gpus)
+
+
+def make_node(name: str, gpus: int = 8, ready: bool = True, **node_labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": dict(node_labels)},
+        "spec": {"taints": [{"key": labels.GPU_TAINT_KEY, "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {labels.GPU: str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown"}],
+        },
+    }
+
+
+def nodes(n: int, gpus: int = 8) -> list[dict[str, Any]]:
+    return [make_node(f"n{i}", gpus) for i in range(n)]

@@ -1,0 +1,37 @@
+"""crds/ is generated from the pydantic models and never drifts from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from distml.api.crd import all_crds, render
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_crds_folder_matches_the_models():
+    files = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    generated = {name: render(crd) for name, crd in all_crds().items()}
+    assert files.keys() == generated.keys()
+    for name, text in generated.items():
+        assert files[name] == text, f"crds/{name} is stale: run `make crds`"
+
+
+def test_trainingjob_crd_has_status_scale_and_printer_columns():
+    crd = yaml.safe_load((REPO / "crds" / "distml.io_trainingjobs.yaml").read_text())
+    version = crd["spec"]["versions"][0]
+    assert crd["spec"]["names"]["shortNames"] == ["tj"]
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert "status" in version["subresources"]
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Phase", "Ready", "GPUs", "Restarts", "Age"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    container = spec["properties"]["template"]["properties"]["spec"]["properties"]["containers"]
+    assert "x-kubernetes-preserve-unknown-fields" not in str(container)
+    assert container["items"]["required"] == ["name"]
+    assert {r["fieldPath"] for r in spec["x-kubernetes-validations"]} >= {
+        ".replicas",
+        ".parallelism",
+    }

@@ -1,0 +1,231 @@
+"""The reconcile decision, table by table: what a user would see in status, Events and pods."""
+
+from __future__ import annotations
+
+import pytest
+
+from distml.planning import Settings, World, plan_reconcile
+
+from .builders import at, make_job, make_node, make_pod, nodes, stamp
+
+SETTINGS = Settings(backoff_base_seconds=10, backoff_cap_seconds=300)
+
+
+def plan(job, pods=(), cluster=None, now=0.0, others=()):
+    cluster = nodes(4) if cluster is None else cluster
+    world = World(
+        job=job, pods=list(pods), nodes=cluster, cluster_pods=[*pods, *others], now=at(now)
+    )
+    return plan_reconcile(world, SETTINGS)
+
+
+def running_job(n=2, gen=0, **status):
+    return (
+        make_job()
+        .replicas(n)
+        .status(
+            phase="Running",
+            restartGeneration=gen,
+            startTime=stamp(0),
+            admittedTime=stamp(0),
+            **status,
+        )
+        .obj()
+    )
+
+
+def names(p):
+    return sorted(o["metadata"]["name"] for o in p.create if o["kind"] == "Pod")
+
+
+def test_new_job_with_room_creates_the_whole_gang_at_once():
+    p = plan(make_job().replicas(4).obj())
+    assert names(p) == [f"llm-worker-{r}-0" for r in range(4)]
+    assert [o["kind"] for o in p.create].count("Service") == 1
+    assert p.status["phase"] == "Creating"
+    assert p.status["startTime"] == stamp(0) and p.status["gangAttempts"] == 1
+    assert [e.reason for e in p.events] == ["Admitted"]
+
+
+def test_new_job_without_room_is_queued_and_creates_nothing():
+    p = plan(make_job().replicas(5).obj())
+    assert p.create == []
+    assert p.status["phase"] == "Queued"
+    assert "room for 4 now" in p.status["message"]
+    assert p.requeue_after == SETTINGS.queued_recheck_seconds
+
+
+def test_impossible_gpu_request_is_explained_with_a_warning():
+    p = plan(make_job().gpus(16).obj())
+    assert p.status["phase"] == "Queued" and p.create == []
+    assert p.events[0].type == "Warning" and p.events[0].reason == "NoNodeFits"
+    assert p.status["conditions"][0]["reason"] == "NoNodeFits"
+
+
+def test_replanning_the_same_world_changes_nothing_and_posts_no_event_twice():
+    job = make_job().replicas(3).status(phase="Queued", message="x").obj()
+    first = plan(job)
+    job["status"] = first.status
+    pods = [make_pod("llm", r).obj() for r in range(3)]
+    second = plan(job, pods, now=1)
+    assert second.create == [] and second.delete == []
+    assert second.status["phase"] == "Creating" and second.events == []
+
+
+def test_operator_restarted_mid_creation_creates_only_the_missing_pods():
+    job = make_job().replicas(4).status(phase="Creating", admittedTime=stamp(0)).obj()
+    pods = [make_pod("llm", r).obj() for r in (0, 2)]
+    assert names(plan(job, pods, now=1)) == ["llm-worker-1-0", "llm-worker-3-0"]
+
+
+def test_all_workers_running_is_running_and_reports_ranks():
+    job = make_job().status(phase="Creating", admittedTime=stamp(0)).obj()
+    pods = [make_pod("llm", r).running().obj() for r in range(2)]
+    p = plan(job, pods, now=7)
+    assert p.status["phase"] == "Running" and p.status["readyText"] == "2/2"
+    assert p.status["gpus"] == 16 and p.started_seconds == 7
+    assert p.status["ranks"] == [
+        {"rank": 0, "pod": "llm-worker-0-0", "node": "n0"},
+        {"rank": 1, "pod": "llm-worker-1-0", "node": "n1"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "phase", "reason"),
+    [
+        ("ExitCode", 137, "Restarting", "WorkerFailed"),
+        ("ExitCode", 75, "Restarting", "WorkerFailed"),
+        ("ExitCode", 1, "Failed", "ApplicationError"),
+        ("OnFailure", 1, "Restarting", "WorkerFailed"),
+        ("Never", 137, "Failed", "WorkerFailed"),
+    ],
+)
+def test_failed_worker_follows_the_restart_policy(policy, code, phase, reason):
+    job = running_job()
+    job["spec"]["restartPolicy"] = policy
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).exited(code).obj()]
+    p = plan(job, pods, now=30)
+    assert (p.status["phase"], p.status["conditions"][-1]["reason"]) == (phase, reason)
+    assert str(code) in p.status["message"] and "rank 1" in p.status["message"]
+
+
+def test_restart_moves_to_a_new_generation_after_backoff():
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).exited(143).obj()]
+    p = plan(running_job(restarts=1), pods, now=30)
+    assert p.status["restarts"] == 2 and p.status["restartGeneration"] == 1
+    assert p.status["nextAttemptTime"] == stamp(30 + 20)  # 10s doubled for the 2nd restart
+    assert sorted(d.name for d in p.delete) == ["llm-worker-0-0", "llm-worker-1-0"]
+    assert p.requeue_after == 20 and p.restarted
+
+    # Old pods still there: wait for them; then, after the backoff, a new gang.
+    job = running_job()
+    job["status"] = p.status
+    assert plan(job, pods, now=31).create == []
+    assert names(plan(job, [], now=51)) == ["llm-worker-0-1", "llm-worker-1-1"]
+
+
+def test_backoff_limit_ends_restarts():
+    job = running_job(restarts=3)
+    pods = [make_pod("llm", 0).exited(137).obj(), make_pod("llm", 1).running().obj()]
+    p = plan(job, pods)
+    assert p.status["phase"] == "Failed"
+    assert p.status["conditions"][-1]["reason"] == "BackoffLimitExceeded"
+
+
+def test_worker_on_a_dead_node_is_lost_and_force_deleted():
+    cluster = [make_node("n0"), make_node("n1", ready=False)]
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).running().obj()]
+    p = plan(running_job(), pods, cluster=cluster)
+    assert p.status["phase"] == "Restarting"
+    assert "node n1 is NotReady" in p.status["message"]
+    forced = {d.name: d.force for d in p.delete}
+    assert forced == {"llm-worker-0-0": False, "llm-worker-1-0": True}
+
+
+def test_pod_stuck_terminating_on_a_vanished_node_is_force_deleted():
+    stuck = make_pod("llm", 1).on("gone").running().deleting().obj()
+    job = running_job(gen=1)
+    p = plan(job, [stuck], cluster=nodes(2))
+    assert [(d.name, d.force) for d in p.delete] == [("llm-worker-1-0", True)]
+
+
+def test_gang_that_does_not_start_in_time_is_released_and_requeued():
+    job = (
+        make_job()
+        .replicas(2)
+        .spec(gang={"timeoutSeconds": 60})
+        .status(phase="Creating", admittedTime=stamp(0), gangAttempts=1)
+        .obj()
+    )
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).unscheduled().obj()]
+    assert plan(job, pods, now=59).delete == []
+    p = plan(job, pods, now=61)
+    assert p.status["phase"] == "Queued" and p.gang_timeout
+    assert p.status["conditions"][-1]["reason"] == "GangTimeout"
+    assert "only 1/2 workers were Running after 60s" in p.status["message"]
+    assert len(p.delete) == 2 and p.status["restartGeneration"] == 1
+
+
+def test_success_needs_every_worker_to_exit_zero():
+    partly = [make_pod("llm", 0).exited(0).obj(), make_pod("llm", 1).running().obj()]
+    p = plan(running_job(), partly)
+    assert p.status["phase"] == "Running" and "1 finished" in p.status["message"]
+    done = [make_pod("llm", r).exited(0).obj() for r in range(2)]
+    p = plan(running_job(), done, now=100)
+    assert p.status["phase"] == "Succeeded" and p.status["completionTime"] == stamp(100)
+
+
+@pytest.mark.parametrize(
+    ("policy", "deleted"),
+    [
+        ("Running", ["llm-worker-0-0"]),
+        ("All", ["llm-worker-0-0", "llm-worker-1-0"]),
+        ("None", []),
+    ],
+)
+def test_clean_pod_policy_on_failure(policy, deleted):
+    job = running_job()
+    job["spec"]["runPolicy"] = {"cleanPodPolicy": policy}
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).exited(2).obj()]
+    assert sorted(d.name for d in plan(job, pods).delete) == deleted
+
+
+def test_active_deadline_fails_the_job_and_stops_its_pods():
+    job = running_job()
+    job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 600}
+    pods = [make_pod("llm", r).running().obj() for r in range(2)]
+    assert plan(job, pods, now=599).requeue_after == pytest.approx(1)
+    p = plan(job, pods, now=600)
+    assert p.status["phase"] == "Failed" and len(p.delete) == 2
+    assert p.status["conditions"][-1]["reason"] == "DeadlineExceeded"
+
+
+def test_finished_job_is_deleted_once_its_ttl_passes():
+    job = (
+        make_job()
+        .run_policy(ttlSecondsAfterFinished=60)
+        .status(phase="Succeeded", completionTime=stamp(100))
+        .obj()
+    )
+    early = plan(job, now=130)
+    assert not early.delete_job and early.requeue_after == 30
+    assert plan(job, now=160).delete_job
+
+
+def test_suspend_deletes_pods_and_resume_starts_a_new_generation():
+    job = running_job()
+    job["spec"]["runPolicy"] = {"suspend": True}
+    pods = [make_pod("llm", r).running().obj() for r in range(2)]
+    p = plan(job, pods)
+    assert p.status["phase"] == "Suspended" and len(p.delete) == 2
+    job["status"] = p.status
+    job["spec"]["runPolicy"] = {"suspend": False}
+    p = plan(job, [], now=50)
+    assert p.status["phase"] == "Creating" and names(p) == ["llm-worker-0-1", "llm-worker-1-1"]
+    assert p.status["startTime"] == stamp(50)
+
+
+def test_pod_deleted_under_a_running_job_restarts_the_group():
+    pods = [make_pod("llm", 0).running().obj()]
+    p = plan(running_job(), pods)
+    assert p.status["phase"] == "Restarting" and "was deleted" in p.status["message"]

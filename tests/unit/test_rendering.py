@@ -1,0 +1,124 @@
+"""A worker pod rendered whole, compared with what a user reads in `kubectl get -o yaml`."""
+
+from __future__ import annotations
+
+import yaml
+
+from distml.api.models import TrainingJobSpec
+from distml.rendering import render_headless_service, render_worker_pod
+
+from .builders import make_job
+
+EXPECTED_POD = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: llm-worker-1-2
+  namespace: team
+  labels:
+    app: llm
+    distml.io/job-name: llm
+    distml.io/rank: "1"
+    distml.io/restart-generation: "2"
+    distml.io/replica-type: worker
+    app.kubernetes.io/managed-by: distml-operator
+  annotations:
+    scheduling.k8s.io/group-name: llm
+  ownerReferences:
+  - apiVersion: distml.io/v1alpha1
+    kind: TrainingJob
+    name: llm
+    uid: uid-1
+    controller: true
+    blockOwnerDeletion: true
+spec:
+  containers:
+  - name: trainer
+    image: img
+    env:
+    - {name: PET_NNODES, value: "2"}
+    - {name: PET_NPROC_PER_NODE, value: "8"}
+    - {name: PET_NODE_RANK, value: "1"}
+    - {name: PET_RDZV_BACKEND, value: c10d}
+    - {name: PET_RDZV_ENDPOINT, value: "llm-0.llm.team.svc.cluster.local:29400"}
+    - {name: PET_RDZV_ID, value: uid-1-2}
+    - {name: PET_MAX_RESTARTS, value: "0"}
+    - {name: MASTER_ADDR, value: llm-0.llm.team.svc.cluster.local}
+    - {name: MASTER_PORT, value: "29500"}
+    - {name: WORLD_SIZE, value: "16"}
+    - {name: RANK, value: "8"}
+    - {name: DISTML_JOB_NAME, value: llm}
+    - {name: DISTML_RESTART_GENERATION, value: "2"}
+    - {name: DISTML_METRICS_PORT, value: "9400"}
+    - {name: USER_VAR, value: kept}
+    resources:
+      limits: {nvidia.com/gpu: "8"}
+      requests: {nvidia.com/gpu: "8"}
+  tolerations:
+  - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+  restartPolicy: Never
+  hostname: llm-1
+  subdomain: llm
+  enableServiceLinks: false
+"""
+
+
+def test_worker_pod_carries_the_torchrun_contract():
+    job = (
+        make_job()
+        .spec(
+            template={
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "img",
+                            "env": [{"name": "USER_VAR", "value": "kept"}],
+                        }
+                    ]
+                },
+            },
+            gang={"podGroupAnnotations": {"scheduling.k8s.io/group-name": "llm"}},
+        )
+        .obj()
+    )
+    pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 1, 2)
+    assert pod == yaml.safe_load(EXPECTED_POD)
+
+
+def test_elastic_job_gives_torchrun_a_range_and_its_restarts():
+    job = (
+        make_job()
+        .replicas(3)
+        .spec(elastic={"minReplicas": 2, "maxReplicas": 4, "maxRestarts": 5})
+        .obj()
+    )
+    pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 0)
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["PET_NNODES"] == "2:4" and env["PET_MAX_RESTARTS"] == "5"
+
+
+def test_cpu_job_asks_no_gpu_and_runs_one_process_per_pod():
+    job = make_job().gpus(0).obj()
+    spec = TrainingJobSpec.model_validate(job["spec"])
+    pod = render_worker_pod(job["metadata"], spec, 0, 0)
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert "resources" not in pod["spec"]["containers"][0]
+    assert "tolerations" not in pod["spec"]
+    assert env["PET_NPROC_PER_NODE"] == "1" and env["WORLD_SIZE"] == "2"
+
+
+def test_scheduler_name_passes_through():
+    job = make_job().spec(gang={"schedulerName": "volcano"}).obj()
+    pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 0)
+    assert pod["spec"]["schedulerName"] == "volcano"
+
+
+def test_headless_service_publishes_not_ready_workers():
+    job = make_job().obj()
+    svc = render_headless_service(job["metadata"], TrainingJobSpec.model_validate(job["spec"]))
+    assert svc["metadata"]["name"] == "llm"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"distml.io/job-name": "llm"}
