@@ -83,6 +83,14 @@ class _Builder:
         self.plan = Plan()
         self.now = iso(w.now)
         self.nodes = {n["metadata"]["name"]: n for n in w.nodes}
+        # Pods of an earlier job of the same name are not ours, whatever their labels say; the
+        # garbage collector removes them, and creating ours waits until their names are free.
+        uid = self.meta.get("uid")
+        w.pods = [
+            p
+            for p in w.pods
+            if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
+        ]
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@ class PodBuilder:
                     labels.RANK: str(rank),
                     labels.GENERATION: str(generation),
                 },
+                "ownerReferences": [
+                    {"kind": "TrainingJob", "name": job, "uid": "uid-1", "controller": True}
+                ],
             },
             "spec": {
                 "nodeName": f"n{rank}",
@@ -114,6 +117,10 @@ class PodBuilder:
                 }
             ],
         }
+        return self
+
+    def owned_by(self, uid: str) -> PodBuilder:
+        self.o["metadata"]["ownerReferences"][0]["uid"] = uid
         return self
 
     def deleting(self) -> PodBuilder:

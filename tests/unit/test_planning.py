@@ -229,3 +229,9 @@ def test_pod_deleted_under_a_running_job_restarts_the_group():
     pods = [make_pod("llm", 0).running().obj()]
     p = plan(running_job(), pods)
     assert p.status["phase"] == "Restarting" and "was deleted" in p.status["message"]
+
+
+def test_pods_of_an_earlier_job_with_the_same_name_are_not_adopted():
+    ghosts = [make_pod("llm", r).owned_by("uid-0").running().obj() for r in range(2)]
+    p = plan(make_job().obj(), ghosts)
+    assert p.status["phase"] == "Creating" and len(names(p)) == 2

@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("distml.registry")
 Key = tuple[str, str]  # (namespace, name)
-_COALESCE_SECONDS = 0.05  # a burst of pod events makes one reconcile
+# After a reconcile, events within this window are answered together: a gang's pods change
+# state in bursts, and one reconcile per burst leaves the CPU to the scheduler and kubelets.
+_COALESCE_SECONDS = 0.25
 
 
 class JobWorkers:
@@ -63,8 +65,6 @@ class JobWorkers:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=delay)
             event.clear()
-            await asyncio.sleep(_COALESCE_SECONDS)
-            event.clear()
             try:
                 delay = await self._reconcile(key)
                 failures = 0
@@ -74,3 +74,4 @@ class JobWorkers:
                 failures += 1
                 delay = min(60.0, 0.5 * 2**failures)  # retry, never crash-loop
                 log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, delay)
+            await asyncio.sleep(_COALESCE_SECONDS)

@@ -14,7 +14,7 @@ import kopf
 from distml import labels, metrics, podstate
 from distml.api.models import GROUP, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
-from distml.kube import Kube
+from distml.kube import AsyncWriter, Kube
 from distml.planning import Plan, Settings, World, iso, plan_reconcile
 
 log = logging.getLogger("distml.trainingjob")
@@ -23,8 +23,9 @@ log = logging.getLogger("distml.trainingjob")
 class Operator:
     """The state the handlers share: API access, caches of nodes and GPU pods, job workers."""
 
-    def __init__(self, kube: Kube, settings: Settings, threads: int = 32) -> None:
+    def __init__(self, kube: Kube, settings: Settings, threads: int = 16) -> None:
         self.kube = kube
+        self.writer = AsyncWriter(kube.api)
         self.settings = settings
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.workers = JobWorkers(self.reconcile)
@@ -85,7 +86,17 @@ class Operator:
         )
         plan = plan_reconcile(world, self.settings)
         await self.apply(job, plan, now)
-        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        metrics.RECONCILE_SECONDS.observe(took)
+        log.debug(
+            "reconciled %s/%s in %.3fs: %d created, %d deleted, phase %s",
+            ns,
+            name,
+            took,
+            len(plan.create),
+            len(plan.delete),
+            plan.status.get("phase"),
+        )
         return plan.requeue_after
 
     async def apply(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
@@ -95,17 +106,14 @@ class Operator:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
             await self.io(self.kube.delete_job, *key)
             return
-        created = await asyncio.gather(*(self.io(self.kube.create, o) for o in plan.create))
+        created = await asyncio.gather(*(self.writer.create(o) for o in plan.create))
         metrics.PODS_CREATED.inc(
             sum(
                 1 for o, new in zip(plan.create, created, strict=True) if new and o["kind"] == "Pod"
             )
         )
         await asyncio.gather(
-            *(
-                self.io(self.kube.delete_pod, meta["namespace"], d.name, d.force)
-                for d in plan.delete
-            )
+            *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete)
         )
         if plan.status != (job.get("status") or {}):
             await self.io(self.kube.patch_status, *key, plan.status)
@@ -197,4 +205,5 @@ def register(op: Operator) -> None:
     @kopf.on.cleanup()
     async def stop(**_: Any) -> None:
         await op.workers.stop()
+        await op.writer.close()
         op.pool.shutdown(wait=False, cancel_futures=True)

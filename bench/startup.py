@@ -1,0 +1,194 @@
+"""Benchmark: how fast the operator starts gangs, measured against a baseline in the same run.
+
+    make bench-startup
+
+1. A 64-pod job (8 GPUs a pod on 64 simulated 8-GPU nodes): kubectl-apply -> all pods Running,
+   against creating the same 64 pods directly with a 64-thread client. Ratio target <= 1.1x.
+2. 200 jobs x 8 pods submitted at once: time to all Running, the operator's peak RSS, and its
+   reconciles per second (from its own metrics).
+
+Runs on its own local cluster (.cluster-bench/), so it does not disturb `make cluster`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kubernetes import client, config
+
+from distml.localcluster.cluster import LocalCluster
+from distml.localcluster.nodes import ClusterShape, NodeShape
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION, PLURAL = "distml.io", "v1alpha1", "trainingjobs"
+
+
+def say(msg: str) -> None:
+    print(f"[bench-startup] {msg}", file=sys.stderr, flush=True)
+
+
+def pod(name: str, gpus: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"b": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": {
+                "limits": {"nvidia.com/gpu": str(gpus)}}}],
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}
+
+
+def job(name: str, replicas: int, gpus: int) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "gpusPerReplica": gpus,
+                     "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+
+
+def wait_running(core: client.CoreV1Api, ns: str, selector: str, n: int, t0: float,
+                 timeout: float = 600) -> float:
+    while time.monotonic() - t0 < timeout:
+        items = core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
+        running = len(re.findall(rb'"phase":\s*"Running"', items.data))
+        if running >= n:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise TimeoutError(f"{n} pods not Running in {timeout}s")
+
+
+def fresh_namespace(core: client.CoreV1Api, name: str) -> str:
+    core.create_namespace({"metadata": {"name": name}})
+    while True:  # admission needs the default ServiceAccount
+        try:
+            core.read_namespaced_service_account("default", name)
+            return name
+        except client.ApiException:
+            time.sleep(0.1)
+
+
+def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    proc = subprocess.Popen([sys.executable, "-m", "distml", "--metrics-port", str(port),
+                             "--liveness", ""], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+            return proc, port
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("operator did not start")
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=64)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--pods-per-job", type=int, default=8)
+    ap.add_argument("--skip-many", action="store_true", help="only the 64-pod comparison")
+    args = ap.parse_args()
+    nodes = max(args.pods, args.jobs * args.pods_per_job // 8)
+    cluster = LocalCluster(root=REPO / ".cluster-bench", bin_dir=REPO / "bin")
+    say(f"starting a local cluster with {nodes} simulated 8-GPU nodes")
+    cluster.up(ClusterShape(nodes=nodes, nodes_per_block=8), NodeShape(), timeout=600)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    api.configuration.connection_pool_maxsize = 64
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    try:
+        run(cluster, core, custom, args)
+    finally:
+        cluster.down()
+
+
+def run(cluster: LocalCluster, core, custom, args) -> None:
+    # 1a. Baseline: the same pods created directly, 64 at a time.
+    ns = fresh_namespace(core, "bench-direct")
+    say(f"baseline: creating {args.pods} pods directly with a concurrent client")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        list(pool.map(lambda i: core.create_namespaced_pod(ns, pod(f"p{i}", 8)),
+                      range(args.pods)))
+    direct = wait_running(core, ns, "b=x", args.pods, t0)
+    core.delete_namespace(ns)
+    while core.list_pod_for_all_namespaces(label_selector="b=x").items:
+        time.sleep(0.5)
+
+    # 1b. The operator.
+    proc, port = start_operator(cluster.kubeconfig, cluster.logs / "operator-bench.log")
+    try:
+        ns = fresh_namespace(core, "bench-gang")
+        say(f"operator: one TrainingJob of {args.pods} pods x 8 GPUs")
+        t0 = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                               job("big", args.pods, 8))
+        gang = wait_running(core, ns, "distml.io/job-name=big", args.pods, t0)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "big")
+        while core.list_namespaced_pod(ns).items:
+            time.sleep(0.5)
+
+        if args.skip_many:
+            print(f"direct {direct:.2f}s operator {gang:.2f}s ratio {gang / direct:.2f}x")
+            return
+        # 2. Many jobs at once.
+        ns = fresh_namespace(core, "bench-many")
+        total = args.jobs * args.pods_per_job
+        say(f"operator: {args.jobs} jobs x {args.pods_per_job} pods submitted at once")
+        before = metric(port, "distml_reconcile_duration_seconds_count")
+        t0 = time.monotonic()
+        body = job("j", args.pods_per_job, 1)
+
+        def submit(i: int) -> None:
+            b = copy.deepcopy(body)
+            b["metadata"]["name"] = f"j{i:03d}"
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, b)
+
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(submit, range(args.jobs)))
+        submitted = time.monotonic() - t0
+        many = wait_running(core, ns, "distml.io/replica-type=worker", total, t0, timeout=1200)
+        reconciles = metric(port, "distml_reconcile_duration_seconds_count") - before
+        rss = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    print(f"\n{'measure':<58} {'value':>12}")
+    print(f"{'direct: ' + str(args.pods) + ' pods created -> all Running (s)':<58} {direct:>12.2f}")
+    print(f"{'operator: ' + str(args.pods) + '-pod job applied -> all Running (s)':<58} "
+          f"{gang:>12.2f}")
+    print(f"{'ratio operator / direct (target <= 1.1)':<58} {gang / direct:>12.2f}x")
+    print(f"{f'{args.jobs} jobs x {args.pods_per_job} pods: submit time (s)':<58} "
+          f"{submitted:>12.2f}")
+    print(f"{f'{args.jobs} jobs x {args.pods_per_job} pods: all {total} Running (s)':<58} "
+          f"{many:>12.2f}")
+    print(f"{'operator peak RSS (MiB)':<58} {rss:>12.1f}")
+    print(f"{'operator reconciles (count, per second)':<58} "
+          f"{reconciles:>6.0f} {reconciles / many:>5.1f}/s")
+
+
+if __name__ == "__main__":
+    main()
