@@ -38,21 +38,35 @@ def say(msg: str) -> None:
 
 
 def pod(name: str, gpus: int) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"b": "x"}},
-            "spec": {"containers": [{"name": "c", "image": "x", "resources": {
-                "limits": {"nvidia.com/gpu": str(gpus)}}}],
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"b": "x"}},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
+            ],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        },
+    }
 
 
 def job(name: str, replicas: int, gpus: int) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
-            "metadata": {"name": name},
-            "spec": {"replicas": replicas, "gpusPerReplica": gpus,
-                     "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "gpusPerReplica": gpus,
+            "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
+        },
+    }
 
 
-def wait_running(core: client.CoreV1Api, ns: str, selector: str, n: int, t0: float,
-                 timeout: float = 600) -> float:
+def wait_running(
+    core: client.CoreV1Api, ns: str, selector: str, n: int, t0: float, timeout: float = 600
+) -> float:
     while time.monotonic() - t0 < timeout:
         items = core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
         running = len(re.findall(rb'"phase":\s*"Running"', items.data))
@@ -77,9 +91,13 @@ def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    proc = subprocess.Popen([sys.executable, "-m", "distml", "--metrics-port", str(port),
-                             "--liveness", ""], env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distml", "--metrics-port", str(port), "--liveness", ""],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
@@ -103,8 +121,9 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pods", type=int, default=64)
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--pods-per-job", type=int, default=8)
@@ -130,8 +149,7 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
     say(f"baseline: creating {args.pods} pods directly with a concurrent client")
     t0 = time.monotonic()
     with ThreadPoolExecutor(64) as pool:
-        list(pool.map(lambda i: core.create_namespaced_pod(ns, pod(f"p{i}", 8)),
-                      range(args.pods)))
+        list(pool.map(lambda i: core.create_namespaced_pod(ns, pod(f"p{i}", 8)), range(args.pods)))
     direct = wait_running(core, ns, "b=x", args.pods, t0)
     core.delete_namespace(ns)
     while core.list_pod_for_all_namespaces(label_selector="b=x").items:
@@ -143,8 +161,7 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
         ns = fresh_namespace(core, "bench-gang")
         say(f"operator: one TrainingJob of {args.pods} pods x 8 GPUs")
         t0 = time.monotonic()
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                               job("big", args.pods, 8))
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job("big", args.pods, 8))
         gang = wait_running(core, ns, "distml.io/job-name=big", args.pods, t0)
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "big")
         while core.list_namespaced_pod(ns).items:
@@ -178,16 +195,22 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
 
     print(f"\n{'measure':<58} {'value':>12}")
     print(f"{'direct: ' + str(args.pods) + ' pods created -> all Running (s)':<58} {direct:>12.2f}")
-    print(f"{'operator: ' + str(args.pods) + '-pod job applied -> all Running (s)':<58} "
-          f"{gang:>12.2f}")
+    print(
+        f"{'operator: ' + str(args.pods) + '-pod job applied -> all Running (s)':<58} {gang:>12.2f}"
+    )
     print(f"{'ratio operator / direct (target <= 1.1)':<58} {gang / direct:>12.2f}x")
-    print(f"{f'{args.jobs} jobs x {args.pods_per_job} pods: submit time (s)':<58} "
-          f"{submitted:>12.2f}")
-    print(f"{f'{args.jobs} jobs x {args.pods_per_job} pods: all {total} Running (s)':<58} "
-          f"{many:>12.2f}")
+    print(
+        f"{f'{args.jobs} jobs x {args.pods_per_job} pods: submit time (s)':<58} {submitted:>12.2f}"
+    )
+    print(
+        f"{f'{args.jobs} jobs x {args.pods_per_job} pods: all {total} Running (s)':<58} "
+        f"{many:>12.2f}"
+    )
     print(f"{'operator peak RSS (MiB)':<58} {rss:>12.1f}")
-    print(f"{'operator reconciles (count, per second)':<58} "
-          f"{reconciles:>6.0f} {reconciles / many:>5.1f}/s")
+    print(
+        f"{'operator reconciles (count, per second)':<58} "
+        f"{reconciles:>6.0f} {reconciles / many:>5.1f}/s"
+    )
 
 
 if __name__ == "__main__":

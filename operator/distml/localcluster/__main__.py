@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("code", type=int)
     ex.add_argument("-n", "--namespace", default="default")
     ex.add_argument("--reason", default="")
+    sub.add_parser("operator", help="run the operator against the cluster, as a managed process")
     for name in ("node-down", "node-up", "node-remove"):
         sub.add_parser(name).add_argument("node")
     args = ap.parse_args(argv)
@@ -64,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.cmd == "exit-pod":
         faults.exit_pod(c, args.namespace, args.pod, args.code, args.reason)
+    elif args.cmd == "operator":
+        c.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds"),
+        )
+        c.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.distml.io"
+        )
+        pid = c.start_operator()
+        print(f"operator running (pid {pid}); log: {c.logs / 'operator.log'}")
     elif args.cmd == "node-down":
         faults.node_down(c, args.node)
     elif args.cmd == "node-up":

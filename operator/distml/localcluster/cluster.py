@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -347,6 +348,26 @@ class LocalCluster:
             "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
         )
         return out.split().count("True")
+
+    def start_operator(self, metrics_port: int = 8080) -> int:
+        """Runs `python -m distml` against this cluster until `down`; reused while it runs."""
+        pid = processes.running_pid(self._pids / "operator.pid")
+        if pid is not None:
+            return pid
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return processes.start(
+            "operator",
+            [
+                sys.executable,
+                "-m",
+                "distml",
+                f"--metrics-port={metrics_port}",
+                "--liveness=",
+            ],
+            self._pids,
+            self.logs,
+            env=env,
+        )
 
     def down(self, quiet: bool = False) -> list[str]:
         stopped = processes.stop_all(self._pids, STOP_ORDER)

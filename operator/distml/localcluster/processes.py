@@ -27,7 +27,7 @@ def start(
             start_new_session=True,
             env=env,
         )
-    (pid_dir / f"{name}.pid").write_text(f"{proc.pid} {argv[0]}\n")
+    (pid_dir / f"{name}.pid").write_text(f"{proc.pid} {os.path.realpath(argv[0])}\n")
     return proc.pid
 
 
