@@ -165,10 +165,7 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def crds(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.distml.io"
-    )
+    cluster.apply_crds(REPO / "crds")
 
 
 @pytest.fixture(scope="session")

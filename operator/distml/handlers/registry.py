@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("distml.registry")
 Key = tuple[str, str]  # (namespace, name)
-# After a reconcile, events within this window are answered together: a gang's pods change
-# state in bursts, and one reconcile per burst leaves the CPU to the scheduler and kubelets.
+# After a reconcile, events that arrive within a short window are answered together: a gang's
+# pods change state in bursts, and one reconcile per burst leaves the CPU to the API server and
+# the scheduler. The window grows with the reconcile's cost, so a busy job's worker spends at
+# most about a third of its time reconciling.
 _COALESCE_SECONDS = 0.25
+_DUTY = 2.0
 
 
 class JobWorkers:
@@ -65,6 +69,7 @@ class JobWorkers:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=delay)
             event.clear()
+            started = time.monotonic()
             try:
                 delay = await self._reconcile(key)
                 failures = 0
@@ -74,4 +79,4 @@ class JobWorkers:
                 failures += 1
                 delay = min(60.0, 0.5 * 2**failures)  # retry, never crash-loop
                 log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, delay)
-            await asyncio.sleep(_COALESCE_SECONDS)
+            await asyncio.sleep(max(_COALESCE_SECONDS, _DUTY * (time.monotonic() - started)))

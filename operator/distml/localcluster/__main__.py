@@ -66,16 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "exit-pod":
         faults.exit_pod(c, args.namespace, args.pod, args.code, args.reason)
     elif args.cmd == "operator":
-        c.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds"),
-        )
-        c.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.distml.io"
-        )
+        c.apply_crds(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds")
         pid = c.start_operator()
         print(f"operator running (pid {pid}); log: {c.logs / 'operator.log'}")
     elif args.cmd == "node-down":

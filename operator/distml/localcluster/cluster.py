@@ -4,6 +4,7 @@ makes the node set match the asked shape."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -348,6 +349,21 @@ class LocalCluster:
             "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
         )
         return out.split().count("True")
+
+    def apply_crds(self, folder: Path, timeout: float = 60.0) -> None:
+        """Server-side apply (the CRDs embed the pod schema: too big for client-side apply's
+        annotation), then wait until every one is Established. `kubectl wait` is not used: it
+        fails at once on a CRD whose status has no conditions yet."""
+        out = self.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-o", "name", "-f", str(folder)
+        )
+        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+
+        def established(name: str) -> bool:
+            return self.kubectl("get", name, "-o", jsonpath) == "True"
+
+        for name in out.split():
+            self._wait(f"{name} Established", functools.partial(established, name), timeout)
 
     def start_operator(self, metrics_port: int = 8080) -> int:
         """Runs `python -m distml` against this cluster until `down`; reused while it runs."""
