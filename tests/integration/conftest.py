@@ -77,9 +77,11 @@ def node_pool(core: client.CoreV1Api, cluster: LocalCluster):
             made.append(body["metadata"]["name"])
 
         def all_ready() -> bool:
+            # Ready, and the node lifecycle controller has lifted its not-ready taint.
             ns = core.list_node(label_selector=f"{POOL_LABEL}={pool}").items
             return len(ns) == count and all(
                 any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+                and not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
                 for n in ns
             )
 

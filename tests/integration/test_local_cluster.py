@@ -37,10 +37,14 @@ def test_scheduler_fits_gpu_pods_to_free_gpus(core, namespace, node_pool):
         events = core.list_namespaced_event(
             namespace, field_selector=f"involvedObject.name={pending.metadata.name}"
         ).items
-        return [e for e in events if e.reason == "FailedScheduling"]
+        return [
+            e for e in events if e.reason == "FailedScheduling" and "nvidia.com/gpu" in e.message
+        ]
 
-    events = wait_for("a FailedScheduling event", failed_scheduling, timeout=30)
-    assert "nvidia.com/gpu" in events[0].message
+    events = wait_for(
+        "a FailedScheduling event naming nvidia.com/gpu", failed_scheduling, timeout=30
+    )
+    assert "Insufficient nvidia.com/gpu" in events[-1].message
 
 
 def test_deleting_an_owner_garbage_collects_its_pods(core, namespace, node_pool):

@@ -140,3 +140,102 @@ def test_launcher_forwards_sigterm_so_training_checkpoints(tmp_path):
     assert proc.wait(timeout=60) == 143
     preempted = next(e for e in _events(rest) if e["event"] == "preempted")
     assert (tmp_path / f"step-{preempted['step']:09d}.pt").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int, want: str, proc: subprocess.Popen, timeout: float = 120) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process ended before its metrics showed"
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            if want in text.decode():
+                return text.decode()
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{want} never appeared on :{port}/metrics")
+
+
+def test_launcher_serves_the_workers_training_metrics(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distml_runtime.launch",
+            "--metrics-port",
+            str(port),
+            "--",
+            "python",
+            "-m",
+            "distml_runtime.train.ddp",
+            "--steps",
+            "100000",
+            "--step-delay",
+            "0.01",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        text = _scrape(port, "distml_train_loss{", proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    for name in (
+        "distml_train_samples_per_second",
+        "distml_train_step_duration_seconds",
+        "distml_train_allreduce_duration_seconds",
+        "distml_train_steps_total",
+    ):
+        assert f'{name}{{job="local"' in text, name
+
+
+def test_allreduce_benchmark_serves_its_results_as_metrics():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distml_runtime.bench.allreduce",
+            "--nproc",
+            "2",
+            "-b",
+            "1K",
+            "-e",
+            "4K",
+            "-f",
+            "4",
+            "--algo",
+            "ring",
+            "-n",
+            "1",
+            "-w",
+            "0",
+            "--no-progress",
+            "--metrics-port",
+            str(port),
+            "--serve-seconds",
+            "30",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = _scrape(port, "distml_allreduce_busbw_gbps{", proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 'distml_allreduce_wrong_elements{algo="ring",bytes="4096"' in text

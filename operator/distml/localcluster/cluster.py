@@ -357,10 +357,13 @@ class LocalCluster:
         out = self.kubectl(
             "apply", "--server-side", "--force-conflicts", "-o", "name", "-f", str(folder)
         )
-        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
 
         def established(name: str) -> bool:
-            return self.kubectl("get", name, "-o", jsonpath) == "True"
+            conditions = (
+                json.loads(self.kubectl("get", name, "-o", "json"))["status"].get("conditions")
+                or []
+            )
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         for name in out.split():
             self._wait(f"{name} Established", functools.partial(established, name), timeout)
