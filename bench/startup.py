@@ -26,6 +26,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from distml.api.models import training_job_manifest
 from distml.localcluster.cluster import LocalCluster
 from distml.localcluster.nodes import ClusterShape, NodeShape
 
@@ -52,16 +53,9 @@ def pod(name: str, gpus: int) -> dict:
 
 
 def job(name: str, replicas: int, gpus: int) -> dict:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "gpusPerReplica": gpus,
-            "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
-        },
-    }
+    return training_job_manifest(
+        name, replicas, gpus, {"containers": [{"name": "c", "image": "x"}]}
+    )
 
 
 def wait_running(

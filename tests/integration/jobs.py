@@ -6,6 +6,8 @@ from typing import Any
 
 from kubernetes import client
 
+from distml.api.models import training_job_manifest
+
 from .helpers import wait_for
 
 GROUP, VERSION, PLURAL = "distml.io", "v1alpha1", "trainingjobs"
@@ -17,17 +19,7 @@ def training_job(
     pod_spec: dict[str, Any] = {"containers": [{"name": "trainer", "image": "distml-runtime:test"}]}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "gpusPerReplica": gpus,
-            "template": {"spec": pod_spec},
-            **spec,
-        },
-    }
+    return training_job_manifest(name, replicas, gpus, pod_spec, **spec)
 
 
 def create(custom: client.CustomObjectsApi, ns: str, body: dict) -> dict:

@@ -212,3 +212,20 @@ class TrainingJob(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: TrainingJobSpec
     status: TrainingJobStatus = Field(default_factory=lambda: TrainingJobStatus())
+
+
+def training_job_manifest(
+    name: str, replicas: int, gpus_per_replica: int, pod_spec: dict[str, Any], **spec: Any
+) -> dict[str, Any]:
+    """A TrainingJob as a plain manifest, for programs that submit jobs (benchmarks, tests)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "gpusPerReplica": gpus_per_replica,
+            "template": {"spec": pod_spec},
+            **spec,
+        },
+    }
