@@ -17,6 +17,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from distml.handlers.settings import NoDiffBase
 from distml.handlers.trainingjob import Operator, register
 from distml.kube import Kube
 from distml.planning import Settings
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our own Events describe what happened
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.watching.server_timeout = 300
         settings.networking.connect_timeout = 10
         if args.peering:

@@ -123,7 +123,8 @@ class AsyncWriter:
             if not self._cfg.verify_ssl:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ctx, limit=0),
+                # Few connections, kept alive: a TLS handshake costs more than a queued request.
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=16),
                 timeout=aiohttp.ClientTimeout(total=60),
             )
         return self._session
