@@ -67,6 +67,13 @@ class Operator:
     # --- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> float | None:
+        try:
+            return await self._reconcile(key)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()  # the worker logs it and retries with backoff
+            raise
+
+    async def _reconcile(self, key: Key) -> float | None:
         t0 = time.perf_counter()
         ns, name = key
         job = await self.io(self.kube.get_job, ns, name)
