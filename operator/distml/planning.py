@@ -86,7 +86,7 @@ class _Builder:
         # Pods of an earlier job of the same name are not ours, whatever their labels say; the
         # garbage collector removes them, and creating ours waits until their names are free.
         uid = self.meta.get("uid")
-        w.pods = [
+        self.pods = [
             p
             for p in w.pods
             if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
@@ -131,10 +131,10 @@ class _Builder:
             self.plan.delete.append(PodDeletion(pod["metadata"]["name"], force=dead))
 
     def current(self) -> list[Obj]:
-        return [p for p in self.w.pods if podstate.generation(p) == self.generation]
+        return [p for p in self.pods if podstate.generation(p) == self.generation]
 
     def stale(self) -> list[Obj]:
-        return [p for p in self.w.pods if podstate.generation(p) != self.generation]
+        return [p for p in self.pods if podstate.generation(p) != self.generation]
 
     def counts(self, pods: list[Obj]) -> None:
         live = [p for p in pods if not podstate.is_terminal(p) and not podstate.is_deleting(p)]
@@ -165,9 +165,9 @@ class _Builder:
     def cleanup(self) -> None:
         policy = self.spec.run_policy.clean_pod_policy
         if policy == CleanPodPolicy.ALL:
-            self.delete(self.w.pods)
+            self.delete(self.pods)
         elif policy == CleanPodPolicy.RUNNING:
-            self.delete(self.w.pods, only_live=True)
+            self.delete(self.pods, only_live=True)
 
     # --- the state machine ------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class _Builder:
                 self.requeue(left)
 
     def suspend(self) -> None:
-        self.delete(self.w.pods, only_live=True)
+        self.delete(self.pods, only_live=True)
         if self.old.get("phase") != Phase.SUSPENDED:
             self.phase(Phase.SUSPENDED, "Suspended", "suspended: pods deleted until resumed")
         self.status["startTime"] = None
@@ -219,7 +219,7 @@ class _Builder:
         if left > 0:
             self.requeue(left)
             return False
-        self.delete(self.w.pods, only_live=True)
+        self.delete(self.pods, only_live=True)
         self.phase(
             Phase.FAILED,
             "DeadlineExceeded",
@@ -230,7 +230,7 @@ class _Builder:
         return True
 
     def active(self) -> None:
-        self.delete([p for p in self.stale() if not podstate.is_deleting(p) or self.node_dead(p)])
+        self.delete(self.stale())  # delete() skips pods already going on healthy nodes
         cur = self.current()
         if not cur:
             self.start_gang()
