@@ -48,7 +48,7 @@ lint: venv ## ruff, mypy, import contracts, hadolint
 	@$(VENV)/bin/lint-imports
 	@$(VENV)/bin/hadolint images/runtime/Dockerfile images/operator/Dockerfile
 
-test-unit: venv ## unit tests (pure logic)
+test-unit: venv tools ## unit tests (pure logic; the chart tests render with helm)
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: venv tools ## integration tests against the local cluster
@@ -73,8 +73,8 @@ k8s-schema: cluster ## refresh the pod template schema snapshot from the local c
 	@bin/kubectl --kubeconfig .cluster/kubeconfig get --raw /openapi/v3/api/v1 | \
 	  $(PY) -m distml.api.k8sschema "$$(bin/kubectl --kubeconfig .cluster/kubeconfig version -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
 
-crds: venv ## regenerate crds/ from the pydantic models
-	@$(PY) -m distml.api.crd crds
+crds: venv ## regenerate crds/ and the chart's crds/ from the pydantic models
+	@$(PY) -m distml.api.crd crds charts/distml/crds
 
 bench-pipeline: venv ## GPipe bubble vs theory (p=2,4; m=1..16), planned vs even split, freezing (+ plot)
 	@$(PY) bench/pipeline.py

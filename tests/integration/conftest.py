@@ -170,9 +170,45 @@ def crds(cluster: LocalCluster) -> None:
     cluster.apply_crds(REPO / "crds")
 
 
+CHART_NAMESPACE = "distml-system"
+CHART_RELEASE = "rbac"
+
+
+def render_chart(*sets: str) -> str:
+    args = [str(REPO / "bin" / "helm"), "template", CHART_RELEASE, str(REPO / "charts" / "distml")]
+    args += ["-n", CHART_NAMESPACE, "--kube-version", "1.34.4"]
+    for item in sets:
+        args += ["--set", item]
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: LocalCluster, crds: None) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-tests.log")
+def chart_kubeconfig(cluster: LocalCluster, crds: None) -> Path:
+    """A kubeconfig holding a token of the chart's own ServiceAccount, bound by the chart's own
+    RBAC: the operator under test has exactly the rights `helm install` would give it."""
+    import yaml
+
+    docs = [
+        d
+        for d in yaml.safe_load_all(render_chart("replicas=1"))
+        if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    cluster.kubectl("create", "namespace", CHART_NAMESPACE, check=False)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = cluster.kubectl("create", "token", sa, "-n", CHART_NAMESPACE, "--duration=24h").strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": sa, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = sa
+    path = cluster.root / "kubeconfig-operator-sa"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, chart_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(chart_kubeconfig, cluster.logs / "operator-tests.log")
     op.start()
     yield op
     op.stop()

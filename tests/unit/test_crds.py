@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from distml.api.crd import all_crds, render
@@ -11,12 +12,13 @@ from distml.api.crd import all_crds, render
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_crds_folder_matches_the_models():
-    files = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+@pytest.mark.parametrize("folder", ["crds", "charts/distml/crds"])
+def test_crds_folder_matches_the_models(folder):
+    files = {p.name: p.read_text() for p in (REPO / folder).glob("*.yaml")}
     generated = {name: render(crd) for name, crd in all_crds().items()}
     assert files.keys() == generated.keys()
     for name, text in generated.items():
-        assert files[name] == text, f"crds/{name} is stale: run `make crds`"
+        assert files[name] == text, f"{folder}/{name} is stale: run `make crds`"
 
 
 def test_trainingjob_crd_has_status_scale_and_printer_columns():

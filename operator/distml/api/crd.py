@@ -1,4 +1,5 @@
-"""CRDs generated from the pydantic models: `python -m distml.api.crd crds/` (make crds).
+"""CRDs generated from the pydantic models: `python -m distml.api.crd crds charts/distml/crds`
+(make crds).
 
 Pure: the pydantic JSON schema is turned into a structural OpenAPI v3 schema (references inlined,
 titles dropped, optional fields unwrapped, exclusive bounds in OpenAPI 3.0 form), the pod template
@@ -142,9 +143,48 @@ def trainingjob_crd() -> dict[str, Any]:
     }
 
 
+def peering_crd(scope: str) -> dict[str, Any]:
+    """kopf's peering resource (group kopf.dev): replicas of the operator announce themselves
+    there, and only the one with the highest priority handles events (HA with one active)."""
+    kind = "ClusterKopfPeering" if scope == "Cluster" else "KopfPeering"
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev"},
+        "spec": {
+            "group": "kopf.dev",
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
-    """File name -> CRD, for every kind the operator serves."""
-    return {f"{models.GROUP}_{models.PLURAL}.yaml": trainingjob_crd()}
+    """File name -> CRD, for every kind the operator serves or needs (kopf's peering for HA)."""
+    return {
+        f"{models.GROUP}_{models.PLURAL}.yaml": trainingjob_crd(),
+        "kopf.dev_clusterkopfpeerings.yaml": peering_crd("Cluster"),
+        "kopf.dev_kopfpeerings.yaml": peering_crd("Namespaced"),
+    }
 
 
 def render(crd: dict[str, Any]) -> str:
@@ -153,11 +193,13 @@ def render(crd: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0] if argv else "crds")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, crd in all_crds().items():
-        (out / name).write_text(render(crd))
-        print(f"wrote {out / name}", file=sys.stderr)
+    """Writes every CRD into each folder given (crds/ and the chart's crds/)."""
+    for folder in argv or ["crds"]:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, crd in all_crds().items():
+            (out / name).write_text(render(crd))
+            print(f"wrote {out / name}", file=sys.stderr)
     return 0
 
 
