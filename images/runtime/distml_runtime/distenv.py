@@ -3,8 +3,10 @@ local ranks on this machine (for tests, benchmarks and laptops)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -102,3 +104,29 @@ def spawn(
 def under_launcher() -> bool:
     """True when torchrun (or the operator's env contract) already made this process a rank."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _exit_with_code(train: Callable[[Any], int], args: Any) -> None:
+    code = train(args)
+    if code:
+        sys.exit(code)
+
+
+def run_ranks(train: Callable[[Any], int], args: Any) -> int:
+    """The entry point of a training command: `train(args)` as this process's rank under
+    torchrun, or in `args.nproc` spawned local ranks when asked for and not under a launcher."""
+    if getattr(args, "nproc", 0) and not under_launcher():
+        spawn(_exit_with_code, args.nproc, train, args)
+        return 0
+    try:
+        return train(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def add_rank_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags every training command shares: backend, local ranks, metrics."""
+    ap.add_argument("--backend", choices=["gloo", "nccl"], default=None)
+    ap.add_argument("--nproc", type=int, default=0, help="spawn N local ranks (not under torchrun)")
+    ap.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True)

@@ -131,28 +131,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--backend", choices=["gloo", "nccl"], default=None)
-    ap.add_argument("--nproc", type=int, default=0, help="spawn N local ranks (not under torchrun)")
-    ap.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True)
+    distenv.add_rank_arguments(ap)
     return ap
 
 
-def _spawned(args: argparse.Namespace) -> None:
-    code = train(args)
-    if code:
-        sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.nproc and not distenv.under_launcher():
-        distenv.spawn(_spawned, args.nproc, args)
-        return 0
-    try:
-        return train(args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return distenv.run_ranks(train, parser().parse_args(argv))
 
 
 if __name__ == "__main__":
