@@ -200,7 +200,8 @@ def test_launcher_serves_the_workers_training_metrics(tmp_path):
         "distml_train_allreduce_duration_seconds",
         "distml_train_steps_total",
     ):
-        assert f'{name}{{job="local"' in text, name
+        lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+        assert any('trainingjob="local"' in line and 'rank="0"' in line for line in lines), name
 
 
 def test_allreduce_benchmark_serves_its_results_as_metrics():

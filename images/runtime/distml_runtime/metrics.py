@@ -9,14 +9,15 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge
 
-_LABELS = ["job", "rank"]
+# not "job": Prometheus owns that label (the scrape job) and would rename ours to exported_job
+_LABELS = ["trainingjob", "rank"]
 _MODE: Final = "liveall"  # one series per live worker process
 
 
 class TrainingMetrics:
     def __init__(self, rank: int, job: str | None = None) -> None:
         job = job or os.environ.get("DISTML_JOB_NAME", "local")
-        key = {"job": job, "rank": str(rank)}
+        key = {"trainingjob": job, "rank": str(rank)}
         self.samples_per_second = Gauge(
             "distml_train_samples_per_second",
             "Training samples per second, this rank",
