@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import sys
 from typing import Any
 
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.peering:
             settings.peering.name = args.peering
             settings.peering.mandatory = True
+            # kopf pauses *every* replica when peers share a priority, so each draws its own:
+            # the highest is active, the rest wait and take over when it leaves.
+            settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
+            logging.getLogger("distml").info(
+                "peering %r with priority %d", args.peering, settings.peering.priority
+            )
         if args.metrics_port:
             start_http_server(args.metrics_port)
 

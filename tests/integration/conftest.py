@@ -100,8 +100,8 @@ def node_pool(core: client.CoreV1Api, cluster: LocalCluster):
 class OperatorProcess:
     """`python -m distml` as a real process against the local cluster; tests may kill it."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+        self.kubeconfig, self.log, self.args = kubeconfig, log, args
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
 
@@ -127,6 +127,7 @@ class OperatorProcess:
                     str(self.metrics_port),
                     "--liveness",
                     "",
+                    *self.args,
                 ],
                 env=env,
                 stdout=out,
@@ -190,8 +191,10 @@ def chart_kubeconfig(cluster: LocalCluster, crds: None) -> Path:
 
     docs = [
         d
-        for d in yaml.safe_load_all(render_chart("replicas=1"))
-        if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+        for d in yaml.safe_load_all(render_chart())  # the chart's defaults: 2 peering replicas
+        if d
+        and d["kind"]
+        in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
     ]
     cluster.kubectl("create", "namespace", CHART_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))

@@ -67,3 +67,77 @@ def test_helm_install_creates_the_release_and_uninstall_removes_it(cluster, crds
     assert not [m for m in made if exists(*m)]
     # Helm leaves CRDs in place on uninstall (so no one's jobs vanish): they are still served
     assert exists("crd", "trainingjobs.distml.io", None)
+
+
+def _created(op) -> float:
+    line = next(
+        li for li in op.metrics().splitlines() if li.startswith("distml_pods_created_total")
+    )
+    return float(line.split()[1])
+
+
+def test_two_peering_replicas_keep_exactly_one_active_and_hand_over(
+    cluster, operator, chart_kubeconfig, custom, core, namespace, node_pool
+):
+    """The chart's default: 2 replicas with kopf peering. One works, one waits; when the active
+    one leaves (a rolling update, a drained node), the other takes over."""
+    from .conftest import OperatorProcess
+    from .helpers import wait_for
+    from .jobs import create, live_pods, training_job, wait_phase
+
+    selector, _ = node_pool(3)  # room for both jobs
+    logs = [cluster.logs / f"operator-peer-{i}.log" for i in range(2)]
+    for log in logs:
+        log.write_text("")
+    operator.stop()  # the suite's standalone operator would act on these jobs too
+    peers = [OperatorProcess(chart_kubeconfig, log, "--peering", "rbac-distml") for log in logs]
+    try:
+        for peer in peers:
+            peer.start()
+
+        def priority(log) -> int:
+            text = wait_for(
+                f"{log.name} to join",
+                lambda: "with priority" in log.read_text() and log.read_text(),
+            )
+            return int(text.split("with priority ")[1].split()[0])
+
+        def last_peering_word(log) -> str:
+            lines = [
+                li for li in log.read_text().splitlines() if "kopf._core.engines.peering" in li
+            ]
+            return "Resuming" if lines and "Resuming operations" in lines[-1] else "paused"
+
+        # the highest priority works; the other never resumed, or paused once it saw the first
+        prios = [priority(log) for log in logs]
+        top = prios.index(max(prios))
+        wait_for(
+            "exactly one replica active",
+            lambda: (
+                [last_peering_word(log) for log in logs]
+                == ["Resuming" if i == top else "paused" for i in range(2)]
+            ),
+            timeout=90,
+        )
+        waiting, active = peers[1 - top], peers[top]
+        create(custom, namespace, training_job("first", replicas=2, gpus=8, node_selector=selector))
+        wait_phase(custom, namespace, "first", "Running")
+        assert len(live_pods(core, namespace, "first")) == 2
+        assert (_created(active), _created(waiting)) == (2, 0)
+
+        active.stop()  # SIGTERM: kopf leaves the peering on its way out
+        wait_for(
+            "the waiting replica to resume",
+            lambda: last_peering_word(logs[1 - top]) == "Resuming",
+            timeout=90,
+        )
+        create(
+            custom, namespace, training_job("second", replicas=1, gpus=8, node_selector=selector)
+        )
+        wait_phase(custom, namespace, "second", "Running")
+        assert _created(waiting) == 1
+        assert len(live_pods(core, namespace, "first")) == 2, "the first job's pods were kept"
+    finally:
+        for peer in peers:
+            peer.stop()
+        operator.start()
