@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export DISTML_REPO := $(CURDIR)
 
 .PHONY: help venv tools cluster cluster-down cluster-status test test-unit test-integration \
-        test-runtime lint crds demo clean bench-allreduce bench-startup bench-pipeline k8s-schema
+        test-runtime lint crds dashboards demo clean bench-allreduce bench-startup bench-pipeline k8s-schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ k8s-schema: cluster ## refresh the pod template schema snapshot from the local c
 
 crds: venv ## regenerate crds/ and the chart's crds/ from the pydantic models
 	@$(PY) -m distml.api.crd crds charts/distml/crds
+
+dashboards: venv ## regenerate the chart's Grafana dashboards from operator/distml/dashboards.py
+	@$(PY) -m distml.dashboards charts/distml/dashboards
 
 bench-pipeline: venv ## GPipe bubble vs theory (p=2,4; m=1..16), planned vs even split, freezing (+ plot)
 	@$(PY) bench/pipeline.py

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm) from the pinned wrapper modules in hack/tools/ into a
+# kube-scheduler, kubectl, kwok, helm; and Debian's prometheus) from the pinned wrapper modules in hack/tools/ into a
 # cache outside the repo, keyed by the wrapper's go.mod and go.sum, and links them at bin/.
 # A second run, or a fresh clone on the same machine, reuses the cache.
 set -euo pipefail
@@ -46,4 +46,19 @@ build helm "" helm.sh/helm/v3/cmd/helm
 build kube "$kube_ldflags" k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubectl
+# Prometheus is Debian's own server (the version pinned here), unpacked from its .deb into the
+# cache: no root, no service, nothing installed system-wide.
+prometheus_deb=2.42.0+ds-5+deb12u1
+pdir="$cache/tools/prometheus-$prometheus_deb"
+if [[ ! -f $pdir/.complete ]]; then
+  echo "fetching Debian's prometheus $prometheus_deb into $pdir" >&2
+  rm -rf "$pdir.tmp" && mkdir -p "$pdir.tmp/deb"
+  (cd "$pdir.tmp/deb" && apt-get download -q "prometheus=$prometheus_deb" 2>/dev/null)
+  dpkg-deb -x "$pdir.tmp"/deb/prometheus_*.deb "$pdir.tmp/root"
+  mv "$pdir.tmp/root/usr/bin/prometheus" "$pdir.tmp/root/usr/bin/promtool" "$pdir.tmp/"
+  rm -rf "$pdir.tmp/deb" "$pdir.tmp/root"
+  touch "$pdir.tmp/.complete"
+  rm -rf "$pdir" && mv "$pdir.tmp" "$pdir"
+fi
+for f in prometheus promtool; do ln -sfn "$pdir/$f" "bin/$f"; done
 echo "cluster tools ready in $root/bin" >&2

@@ -189,7 +189,7 @@ def test_every_value_is_documented():
             parents.append((indent, key))
 
 
-def test_alerts_use_only_metrics_the_operator_exports():
+def test_alerts_pass_promtool_and_use_only_metrics_the_operator_exports(tmp_path):
     import re
 
     from prometheus_client import REGISTRY
@@ -212,6 +212,11 @@ def test_alerts_use_only_metrics_the_operator_exports():
         "DistmlJobsStuckQueued",
     }
     assert alerts["DistmlJobsStuckQueued"]["for"] == "45m"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run([str(REPO / "bin" / "promtool"), "check", "rules", str(rules_file)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     for alert in alerts.values():
         names = set(re.findall(r"\b([a-z_]+)(?:\{|\[)", alert["expr"])) - {
             "absent",
@@ -220,3 +225,28 @@ def test_alerts_use_only_metrics_the_operator_exports():
             "rate",
         }
         assert names and names <= exported, (alert["alert"], names - exported)
+
+
+def test_dashboards_are_generated_from_code_and_shipped_for_the_grafana_sidecar():
+    import json
+
+    from distml.dashboards import DASHBOARDS
+    from distml.dashboards import render as render_dashboard
+
+    for uid in DASHBOARDS:
+        on_disk = (CHART / "dashboards" / f"{uid}.json").read_text()
+        assert on_disk == render_dashboard(uid), (
+            f"dashboards/{uid}.json is stale: run `make dashboards`"
+        )
+    maps = {
+        m["metadata"]["name"]: m
+        for m in by_kind(render("grafana.dashboards.label=my_dash"), "ConfigMap")
+    }
+    assert sorted(maps) == [f"rel-distml-dashboard-{uid}" for uid in sorted(DASHBOARDS)]
+    for uid in DASHBOARDS:
+        cm = maps[f"rel-distml-dashboard-{uid}"]
+        assert cm["metadata"]["labels"]["my_dash"] == "1"
+        board = json.loads(cm["data"][f"distml-{uid}.json"])
+        assert board["uid"] == f"distml-{uid}" and board["panels"]
+        assert all(t["expr"] for p in board["panels"] for t in p["targets"])
+    assert not by_kind(render("grafana.dashboards.enabled=false"), "ConfigMap")

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("-n", "--namespace", default="default")
     ex.add_argument("--reason", default="")
     sub.add_parser("operator", help="run the operator against the cluster, as a managed process")
+    dcgm_cmd = sub.add_parser("dcgm", help="serve simulated dcgm-exporter metrics for the GPUs")
+    dcgm_cmd.add_argument("--port", type=int, default=9401)
     for name in ("node-down", "node-up", "node-remove"):
         sub.add_parser(name).add_argument("node")
     args = ap.parse_args(argv)
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         c.apply_crds(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds")
         pid = c.start_operator()
         print(f"operator running (pid {pid}); log: {c.logs / 'operator.log'}")
+    elif args.cmd == "dcgm":
+        from distml.localcluster import dcgm
+
+        dcgm.serve(str(c.kubeconfig), args.port)
     elif args.cmd == "node-down":
         faults.node_down(c, args.node)
     elif args.cmd == "node-up":
