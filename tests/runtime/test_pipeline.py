@@ -181,3 +181,29 @@ def test_plan_command_prints_stages_and_refuses_a_model_that_cannot_fit():
     wrong = _cli("distml_runtime.plan", "--widths", "8", "--stages", "5")
     assert wrong.returncode == 2
     assert "cannot split 2 layers into 5 stages" in wrong.stderr
+
+
+def _frozen_prefix(out: Path) -> None:
+    from distml_runtime.pipeline.models import simulated_busy_seconds, simulated_layers
+
+    distenv.init("gloo")
+    layout = RankLayout(3, pp=3)
+    config = PipelineConfig(schedule="1f1b", microbatches=4, freeze_layers=2, lr=LR)
+    trainer = PipelineTrainer(
+        simulated_layers([0.05] * 3), split_evenly(3, 3), layout, config, torch.device("cpu")
+    )
+    x, y = torch.randn(8, 16), torch.randint(0, 16, (8,))
+    trainer.step(x, y)  # the first step also infers shapes with one more forward
+    busy = simulated_busy_seconds()
+    trainer.step(x, y)
+    torch.save(simulated_busy_seconds() - busy, out / f"busy{dist.get_rank()}.pt")
+
+
+def test_frozen_stages_do_no_backward_work(tmp_path):
+    """Stages 0 and 1 hold only frozen layers: each computes its 4 forwards (0.05 s each) and
+    nothing else, while the trainable stage 2 also runs its backwards (4 x 0.1 s)."""
+    distenv.spawn(_frozen_prefix, 3, tmp_path)
+    busy = [torch.load(tmp_path / f"busy{r}.pt") for r in range(3)]
+    assert busy[0] == pytest.approx(0.2, abs=0.05)
+    assert busy[1] == pytest.approx(0.2, abs=0.05), "no backward through a frozen stage"
+    assert busy[2] == pytest.approx(0.6, abs=0.1)

@@ -44,6 +44,34 @@ class _Autocast(nn.Module):
         return out.float()
 
 
+class _NoInputGradient(torch.autograd.Function):
+    """Ties a stage's output to its input without differentiating through the stage: backward
+    passes the output's gradient on to the weights and hands the previous stage zeros."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        return (grad if ctx.needs_input_grad[0] else None), torch.zeros_like(x)
+
+
+class _SkipInputGradient(nn.Module):
+    """For a stage after a fully frozen prefix: nobody uses the gradient of its input, so it is
+    not computed (a frozen stage then does no backward work at all). torch's PipelineStage still
+    expects a gradient message for the previous stage; it gets zeros."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NoInputGradient.apply(self.inner(x.detach()), x)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     schedule: str = "1f1b"
@@ -101,6 +129,8 @@ class PipelineTrainer:
             start, end = ranges[index]
             module: nn.Module = nn.Sequential(*layers[start:end]).to(device)
             self.modules.append(module)
+            if index > 0 and start <= config.freeze_layers:  # every earlier layer is frozen
+                module = _SkipInputGradient(module)
             if amp is not None:
                 module = _Autocast(module, device.type, amp)
             stages.append(
