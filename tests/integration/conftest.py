@@ -175,12 +175,29 @@ CHART_NAMESPACE = "distml-system"
 CHART_RELEASE = "rbac"
 
 
-def render_chart(*sets: str) -> str:
-    args = [str(REPO / "bin" / "helm"), "template", CHART_RELEASE, str(REPO / "charts" / "distml")]
+def render_chart(*sets: str, release: str = CHART_RELEASE) -> str:
+    args = [str(REPO / "bin" / "helm"), "template", release, str(REPO / "charts" / "distml")]
     args += ["-n", CHART_NAMESPACE, "--kube-version", "1.34.4"]
     for item in sets:
         args += ["--set", item]
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def token_kubeconfig(cluster: LocalCluster, service_account: str, namespace: str) -> Path:
+    """A kubeconfig for the local cluster that authenticates as a ServiceAccount, with a token
+    from the TokenRequest API, as a pod of that ServiceAccount would."""
+    import yaml
+
+    token = cluster.kubectl(
+        "create", "token", service_account, "-n", namespace, "--duration=24h"
+    ).strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": service_account, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = service_account
+    path = cluster.root / f"kubeconfig-{namespace}-{service_account}"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -199,22 +216,26 @@ def chart_kubeconfig(cluster: LocalCluster, crds: None) -> Path:
     cluster.kubectl("create", "namespace", CHART_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = cluster.kubectl("create", "token", sa, "-n", CHART_NAMESPACE, "--duration=24h").strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": sa, "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = sa
-    path = cluster.root / "kubeconfig-operator-sa"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return token_kubeconfig(cluster, sa, CHART_NAMESPACE)
 
 
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, chart_kubeconfig: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(chart_kubeconfig, cluster.logs / "operator-tests.log")
+    log = cluster.logs / "operator-tests.log"
+    start = log.stat().st_size if log.exists() else 0
+    op = OperatorProcess(chart_kubeconfig, log)
     op.start()
     yield op
     op.stop()
+    # Every test ran under the chart's RBAC; not one request may have been refused by it.
+    with open(log, "rb") as f:
+        f.seek(start)
+        denied = [
+            li
+            for li in f.read().decode(errors="replace").splitlines()
+            if "is forbidden: User" in li
+        ]
+    assert not denied, f"the chart's RBAC refused the operator: {denied[:3]}"
 
 
 @pytest.fixture

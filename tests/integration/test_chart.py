@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -137,7 +138,70 @@ def test_two_peering_replicas_keep_exactly_one_active_and_hand_over(
         wait_phase(custom, namespace, "second", "Running")
         assert _created(waiting) == 1
         assert len(live_pods(core, namespace, "first")) == 2, "the first job's pods were kept"
+        for log in logs:
+            denied = [li for li in log.read_text().splitlines() if "is forbidden: User" in li]
+            assert not denied, denied[:3]
     finally:
         for peer in peers:
             peer.stop()
         operator.start()
+
+
+def test_watch_namespaces_mode_runs_jobs_there_with_roles_and_ignores_other_namespaces(
+    cluster, operator, custom, core, namespace, node_pool
+):
+    """`--set watchNamespaces={ns}`: the operator, holding only that namespace's Role and the
+    read-only ClusterRole, runs a job there; a job elsewhere is left alone, and its identity
+    cannot create pods elsewhere."""
+    import yaml
+
+    from .conftest import CHART_NAMESPACE, OperatorProcess, render_chart, token_kubeconfig
+    from .jobs import create, live_pods, status, training_job, wait_phase
+
+    selector, _ = node_pool(1)
+    release = f"ns{uuid.uuid4().hex[:5]}"
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            render_chart(f"watchNamespaces={{{namespace}}}", "replicas=1", release=release)
+        )
+        if d
+        and d["kind"]
+        in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    ]
+    assert {d["kind"] for d in docs} >= {"Role", "RoleBinding"}
+    other = f"{namespace[:50]}-other"
+    cluster.kubectl("create", "namespace", other)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    kubeconfig = token_kubeconfig(cluster, f"{release}-distml", CHART_NAMESPACE)
+    operator.stop()
+    scoped = OperatorProcess(
+        kubeconfig, cluster.logs / "operator-namespaced.log", "--namespace", namespace
+    )
+    try:
+        scoped.start()
+        create(
+            custom, namespace, training_job("inside", replicas=1, gpus=8, node_selector=selector)
+        )
+        create(custom, other, training_job("outside", replicas=1, gpus=8, node_selector=selector))
+        wait_phase(custom, namespace, "inside", "Running")
+        assert len(live_pods(core, namespace, "inside")) == 1
+        time.sleep(3)
+        assert not status(custom, other, "outside"), "a namespace it does not watch is left alone"
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        with pytest.raises(client.ApiException) as refused:
+            client.CoreV1Api(api).create_namespaced_pod(
+                other, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+                        "spec": {"containers": [{"name": "x", "image": "x"}]}}
+            )  # fmt: skip
+        assert refused.value.status == 403
+        assert not live_pods(core, other, "outside")
+        denied = [li for li in scoped.log.read_text().splitlines() if "is forbidden: User" in li]
+        assert not denied, denied[:3]
+    finally:
+        scoped.stop()
+        operator.start()
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+        for d in docs:
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                cluster.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], check=False)
