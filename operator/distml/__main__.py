@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our own Events describe what happened
+        if not args.verbose:  # one "Handler succeeded" line per pod event is noise, and costs CPU
+            logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         settings.persistence.diffbase_storage = NoDiffBase()
         settings.watching.server_timeout = 300
         settings.networking.connect_timeout = 10

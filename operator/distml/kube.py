@@ -124,7 +124,7 @@ class AsyncWriter:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             self._session = aiohttp.ClientSession(
                 # Few connections, kept alive: a TLS handshake costs more than a queued request.
-                connector=aiohttp.TCPConnector(ssl=ctx, limit=16),
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
                 timeout=aiohttp.ClientTimeout(total=60),
             )
         return self._session

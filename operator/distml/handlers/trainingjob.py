@@ -199,13 +199,15 @@ def register(op: Operator) -> None:
         else:
             op.workers.ensure(key)
 
+    # async: these only update caches and wake workers, which must happen on the event loop
+    # (a sync handler would run in kopf's thread pool, and asyncio.Event is not thread-safe).
     @kopf.on.event("", "v1", "pods")
-    def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event["type"]:
             op.on_pod(event["type"], dict(body))
 
     @kopf.on.event("", "v1", "nodes")
-    def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event["type"]:
             op.on_node(event["type"], dict(body))
 
