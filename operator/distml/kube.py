@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 import aiohttp
@@ -41,16 +42,6 @@ class Kube:
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
         resp = self.core.list_namespaced_pod(
             namespace, label_selector=f"{labels.JOB_NAME}={job}", _preload_content=False
-        )
-        return list(_json(resp)["items"])
-
-    def list_nodes(self) -> list[Obj]:
-        return list(_json(self.core.list_node(_preload_content=False))["items"])
-
-    def list_live_pods(self) -> list[Obj]:
-        """Every pod in the cluster that has not finished."""
-        resp = self.core.list_pod_for_all_namespaces(
-            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False
         )
         return list(_json(resp)["items"])
 
@@ -95,9 +86,14 @@ class Kube:
         )
 
 
+class WatchExpired(Exception):
+    """The server no longer holds the history a watch asked for: LIST again."""
+
+
 class AsyncWriter:
-    """Creates and deletes pods on the event loop with aiohttp (kopf's own HTTP client): a gang of
-    64 pods goes out as 64 concurrent requests without 64 threads fighting over the GIL."""
+    """Creates and deletes pods, and follows pods and nodes, on the event loop with aiohttp
+    (kopf's own HTTP client): a gang of 64 pods goes out as 64 concurrent requests without 64
+    threads fighting over the GIL, and a watch event costs one JSON parse."""
 
     def __init__(self, api: client.ApiClient, concurrency: int = 64) -> None:
         cfg = api.configuration
@@ -156,6 +152,50 @@ class AsyncWriter:
         ):
             if resp.status >= 300 and resp.status != 404:
                 raise RuntimeError(f"deleting pod {name}: {resp.status} {await resp.text()}")
+
+    async def list_objects(self, path: str, **params: str) -> tuple[list[Obj], str]:
+        """A LIST of `path` (e.g. /api/v1/pods): its items and the resourceVersion to watch from."""
+        async with self._session_().get(
+            f"{self.host}{path}", params=params, headers=self._headers()
+        ) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"listing {path}: {resp.status} {await resp.text()}")
+            doc = await resp.json()
+        return list(doc["items"]), str(doc["metadata"]["resourceVersion"])
+
+    async def watch_objects(
+        self, path: str, resource_version: str, on_event: Callable[[str, Obj], None]
+    ) -> str:
+        """Streams `path`'s changes after `resource_version` into on_event(type, object) until
+        the server ends the watch; returns the version to go on from. Raises WatchExpired when
+        that version is too old (410 Gone), and the caller must LIST again."""
+        params = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "300",
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
+        async with self._session_().get(
+            f"{self.host}{path}", params=params, headers=self._headers(), timeout=timeout
+        ) as resp:
+            if resp.status == 410:
+                raise WatchExpired(path)
+            if resp.status >= 300:
+                raise RuntimeError(f"watching {path}: {resp.status} {await resp.text()}")
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise WatchExpired(path)
+                    raise RuntimeError(f"watching {path}: {obj.get('message')}")
+                resource_version = obj["metadata"]["resourceVersion"]
+                if kind != "BOOKMARK":
+                    on_event(kind, obj)
+        return resource_version
 
     async def close(self) -> None:
         if self._session is not None:

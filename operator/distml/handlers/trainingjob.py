@@ -14,10 +14,12 @@ import kopf
 from distml import labels, metrics, podstate
 from distml.api.models import GROUP, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
-from distml.kube import AsyncWriter, Kube
+from distml.kube import AsyncWriter, Kube, WatchExpired
 from distml.planning import Plan, Settings, World, iso, plan_reconcile
 
 log = logging.getLogger("distml.trainingjob")
+NODES, PODS = "/api/v1/nodes", "/api/v1/pods"
+LIVE = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 class Operator:
@@ -49,6 +51,53 @@ class Operator:
         now = event_type != "DELETED" and podstate.node_ready(node)
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
             self.workers.wake_all()
+
+    def replace_nodes(self, nodes: list[dict[str, Any]]) -> None:
+        """A fresh LIST: what it lacks is gone."""
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.workers.wake_all()
+
+    def replace_pods(self, pods: list[dict[str, Any]]) -> None:
+        self.gpu_pods = {}
+        for pod in pods:
+            self.on_pod("ADDED", pod)
+        self.workers.wake_all()
+
+    async def prime(self) -> dict[str, str]:
+        """LISTs nodes and live pods into the caches; returns where each watch starts."""
+        nodes, nodes_rv = await self.writer.list_objects(NODES)
+        pods, pods_rv = await self.writer.list_objects(PODS, fieldSelector=LIVE)
+        self.replace_nodes(nodes)
+        self.replace_pods(pods)
+        return {NODES: nodes_rv, PODS: pods_rv}
+
+    async def follow(self, path: str, resource_version: str) -> None:
+        """Keeps a cache current for as long as the operator runs: watch, and LIST again when
+        the watch's history has expired or the connection broke."""
+        on_event = self.on_node if path == NODES else self.on_pod
+        while True:
+            try:
+                resource_version = await self.writer.watch_objects(path, resource_version, on_event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if not isinstance(err, WatchExpired):
+                    log.warning("watch of %s broke (%s); listing again", path, err)
+                    await asyncio.sleep(1.0)
+                try:
+                    if path == NODES:
+                        items, resource_version = await self.writer.list_objects(NODES)
+                        self.replace_nodes(items)
+                    else:
+                        items, resource_version = await self.writer.list_objects(
+                            PODS, fieldSelector=LIVE
+                        )
+                        self.replace_pods(items)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err2:
+                    log.warning("listing %s failed (%s); retrying", path, err2)
+                    await asyncio.sleep(1.0)
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -181,13 +230,17 @@ class Operator:
 def register(op: Operator) -> None:
     """Wires the operator's handlers into kopf's default registry."""
 
+    followers: list[asyncio.Task[None]] = []
+
     @kopf.on.startup()
     async def warm_caches(**_: Any) -> None:
         # Before any job is reconciled: a node missing from a cold cache would look "gone".
-        for node in await op.io(op.kube.list_nodes):
-            op.on_node("ADDED", node)
-        for pod in await op.io(op.kube.list_live_pods):
-            op.on_pod("ADDED", pod)
+        # Pods and nodes are followed by the operator's own watches, not kopf's: an event costs
+        # a JSON parse and a dict update instead of kopf's handler machinery, and the operator
+        # sees thousands of them when gangs start.
+        versions = await op.prime()
+        for path, version in versions.items():
+            followers.append(asyncio.create_task(op.follow(path, version), name=f"follow {path}"))
 
     @kopf.on.event(GROUP, VERSION, PLURAL)
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
@@ -199,20 +252,10 @@ def register(op: Operator) -> None:
         else:
             op.workers.ensure(key)
 
-    # async: these only update caches and wake workers, which must happen on the event loop
-    # (a sync handler would run in kopf's thread pool, and asyncio.Event is not thread-safe).
-    @kopf.on.event("", "v1", "pods")
-    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"]:
-            op.on_pod(event["type"], dict(body))
-
-    @kopf.on.event("", "v1", "nodes")
-    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"]:
-            op.on_node(event["type"], dict(body))
-
     @kopf.on.cleanup()
     async def stop(**_: Any) -> None:
+        for task in followers:
+            task.cancel()
         await op.workers.stop()
         await op.writer.close()
         op.pool.shutdown(wait=False, cancel_futures=True)
