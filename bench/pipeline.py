@@ -2,7 +2,7 @@
 planner's split against an even one, and the speed-up from freezing half the layers.
 
     make bench-pipeline
-    python bench/pipeline.py --unit-ms 4 --max-m 16 --out bench/results
+    python bench/pipeline.py --unit-ms 36 --max-m 16 --out bench/results
 
 Bubbles are measured on torch's real GPipe schedule with real gloo p2p between processes, on
 layers whose compute is a fixed sleep (as a host thread waits on a GPU kernel), so that p ranks on
@@ -144,7 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--unit-ms", type=float, default=24.0, help="forward time of one cost unit")
+    ap.add_argument("--unit-ms", type=float, default=36.0, help="forward ms of one cost unit")
     ap.add_argument("--max-m", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default="bench/results")

@@ -151,13 +151,15 @@ def main() -> None:
         cluster.down()
 
 
-def run_direct(core, rep: int, pods: int) -> float:
+def run_direct(core, rep: int, pods: int, with_service: bool = True) -> float:
     """The very objects the operator creates for the job (its headless Service and pods, rendered
-    by the same code, less the owner reference), created directly with a concurrent client."""
-    ns = fresh_namespace(core, f"bench-direct-{rep}")
+    by the same code, less the owner reference), created directly with a concurrent client;
+    without the Service when asked, for the pods alone."""
+    ns = fresh_namespace(core, f"bench-direct-{rep}-{'svc' if with_service else 'pods'}")
     service, objs = same_objects(ns, job("big", pods, 8))
     t0 = time.monotonic()
-    core.create_namespaced_service(ns, service)
+    if with_service:
+        core.create_namespaced_service(ns, service)
     with ThreadPoolExecutor(64) as pool:
         list(pool.map(lambda p: core.create_namespaced_pod(ns, p), objs))
     took = wait_running(core, ns, "distml.io/job-name=big", pods, t0)
@@ -193,18 +195,25 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "warm")
         # 1. Direct creation and the operator, alternating, the same objects each time; the
         # operator runs throughout, as it would in a cluster. Medians over the repeats.
-        directs, gangs, cpus = [], [], []
+        directs, pods_only, gangs, cpus = [], [], [], []
         for rep in range(args.repeats):
             directs.append(run_direct(core, rep, args.pods))
+            pods_only.append(run_direct(core, rep, args.pods, with_service=False))
             gang, cpu = run_operator(core, custom, rep, args.pods, proc.pid)
             gangs.append(gang)
             cpus.append(cpu)
-            say(f"round {rep + 1}/{args.repeats}: direct {directs[-1]:.2f}s, operator {gang:.2f}s")
-        direct, gang, gang_cpu = (statistics.median(v) for v in (directs, gangs, cpus))
+            say(
+                f"round {rep + 1}/{args.repeats}: direct {directs[-1]:.2f}s "
+                f"(pods alone {pods_only[-1]:.2f}s), operator {gang:.2f}s"
+            )
+        direct, bare, gang, gang_cpu = (
+            statistics.median(v) for v in (directs, pods_only, gangs, cpus)
+        )
 
         if args.skip_many:
             print(
-                f"direct {direct:.2f}s operator {gang:.2f}s ratio {gang / direct:.2f}x "
+                f"direct {direct:.2f}s operator {gang:.2f}s ratio {gang / direct:.2f}x; "
+                f"pods alone {bare:.2f}s ratio {gang / bare:.2f}x "
                 f"(medians of {args.repeats}; operator CPU {gang_cpu:.2f}s)"
             )
             return
@@ -236,6 +245,8 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
     print(f"{f'operator: {args.pods}-pod job applied -> all Running (s)':<58} {gang:>12.2f}")
     print(f"{'  (medians of ' + str(args.repeats) + ' alternating rounds)':<58}")
     print(f"{'ratio operator / direct (target <= 1.1)':<58} {gang / direct:>12.2f}x")
+    print(f"{f'direct: the {args.pods} pods alone, no Service (s)':<58} {bare:>12.2f}")
+    print(f"{'ratio operator / the pods alone':<58} {gang / bare:>12.2f}x")
     print(f"{'operator CPU time during that start (s)':<58} {gang_cpu:>12.2f}")
     print(
         f"{f'{args.jobs} jobs x {args.pods_per_job} pods: submit time (s)':<58} {submitted:>12.2f}"

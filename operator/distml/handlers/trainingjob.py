@@ -63,13 +63,19 @@ class Operator:
             self.on_pod("ADDED", pod)
         self.workers.wake_all()
 
+    async def relist(self, path: str) -> str:
+        """LISTs nodes or live pods into their cache; returns where the watch goes on from."""
+        if path == NODES:
+            nodes, version = await self.writer.list_objects(NODES)
+            self.replace_nodes(nodes)
+        else:
+            pods, version = await self.writer.list_objects(PODS, fieldSelector=LIVE)
+            self.replace_pods(pods)
+        return version
+
     async def prime(self) -> dict[str, str]:
-        """LISTs nodes and live pods into the caches; returns where each watch starts."""
-        nodes, nodes_rv = await self.writer.list_objects(NODES)
-        pods, pods_rv = await self.writer.list_objects(PODS, fieldSelector=LIVE)
-        self.replace_nodes(nodes)
-        self.replace_pods(pods)
-        return {NODES: nodes_rv, PODS: pods_rv}
+        """Fills both caches; returns where each watch starts."""
+        return {path: await self.relist(path) for path in (NODES, PODS)}
 
     async def follow(self, path: str, resource_version: str) -> None:
         """Keeps a cache current for as long as the operator runs: watch, and LIST again when
@@ -85,14 +91,7 @@ class Operator:
                     log.warning("watch of %s broke (%s); listing again", path, err)
                     await asyncio.sleep(1.0)
                 try:
-                    if path == NODES:
-                        items, resource_version = await self.writer.list_objects(NODES)
-                        self.replace_nodes(items)
-                    else:
-                        items, resource_version = await self.writer.list_objects(
-                            PODS, fieldSelector=LIVE
-                        )
-                        self.replace_pods(items)
+                    resource_version = await self.relist(path)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err2:
