@@ -11,7 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client, config
+
+from .conftest import CHART_NAMESPACE, OperatorProcess, render_chart, token_kubeconfig
+from .helpers import wait_for
+from .jobs import create, live_pods, status, training_job, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,10 +87,6 @@ def test_two_peering_replicas_keep_exactly_one_active_and_hand_over(
 ):
     """The chart's default: 2 replicas with kopf peering. One works, one waits; when the active
     one leaves (a rolling update, a drained node), the other takes over."""
-    from .conftest import OperatorProcess
-    from .helpers import wait_for
-    from .jobs import create, live_pods, training_job, wait_phase
-
     selector, _ = node_pool(3)  # room for both jobs
     logs = [cluster.logs / f"operator-peer-{i}.log" for i in range(2)]
     for log in logs:
@@ -153,11 +154,6 @@ def test_watch_namespaces_mode_runs_jobs_there_with_roles_and_ignores_other_name
     """`--set watchNamespaces={ns}`: the operator, holding only that namespace's Role and the
     read-only ClusterRole, runs a job there; a job elsewhere is left alone, and its identity
     cannot create pods elsewhere."""
-    import yaml
-
-    from .conftest import CHART_NAMESPACE, OperatorProcess, render_chart, token_kubeconfig
-    from .jobs import create, live_pods, status, training_job, wait_phase
-
     selector, _ = node_pool(1)
     release = f"ns{uuid.uuid4().hex[:5]}"
     docs = [

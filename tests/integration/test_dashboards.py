@@ -24,7 +24,7 @@ from distml.localcluster import faults
 from distml_runtime.distenv import free_port
 
 from .helpers import wait_for
-from .jobs import create, live_pods, training_job, wait_phase
+from .jobs import create, live_pods, status, training_job, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "digits"  # the TrainingJob's name, and the training process's DISTML_JOB_NAME
@@ -186,14 +186,8 @@ def _cluster_activity(cluster, core, custom, ns: str, pool: dict) -> None:
     wait_phase(custom, ns, "queued", "Queued")
     victim = live_pods(core, ns, JOB)[0].metadata.name
     faults.exit_pod(cluster, ns, victim, 137, "OOMKilled")
-    wait_for("a restart", lambda: (s := _status(custom, ns, JOB)).get("restarts", 0) >= 1 and s)
+    wait_for("a restart", lambda: (s := status(custom, ns, JOB)).get("restarts", 0) >= 1 and s)
     wait_phase(custom, ns, JOB, "Running")
-
-
-def _status(custom, ns: str, name: str) -> dict:
-    from .jobs import status
-
-    return status(custom, ns, name)
 
 
 def test_every_dashboard_panel_returns_data(

@@ -13,11 +13,13 @@ pods take consecutive indices in creation order.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from distml.localcluster.nodes import GPU_RESOURCE
+from distml.podstate import gpu_request
 
 BUSY = {
     "DCGM_FI_DEV_GPU_UTIL": 97.0,
@@ -38,14 +40,6 @@ class GpuReading:
     values: dict[str, float]
 
 
-def _gpus_requested(pod: dict[str, Any]) -> int:
-    total = 0
-    for c in pod.get("spec", {}).get("containers", []):
-        limits = (c.get("resources") or {}).get("limits") or {}
-        total += int(limits.get(GPU_RESOURCE, 0))
-    return total
-
-
 def simulate_gpu_readings(
     nodes: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]]
 ) -> list[GpuReading]:
@@ -54,7 +48,7 @@ def simulate_gpu_readings(
     for pod in pods:
         node = pod.get("spec", {}).get("nodeName")
         phase = pod.get("status", {}).get("phase")
-        if node and phase in ("Pending", "Running") and _gpus_requested(pod):
+        if node and phase in ("Pending", "Running") and gpu_request(pod):
             holding.setdefault(node, []).append(pod)
     readings = []
     for node in nodes:
@@ -67,7 +61,7 @@ def simulate_gpu_readings(
             key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]),
         )
         for pod in ordered:
-            owners += [pod] * _gpus_requested(pod)
+            owners += [pod] * gpu_request(pod)
         owners = (owners + [None] * count)[:count]
         for index, owner in enumerate(owners):
             uuid = hashlib.sha1(f"{name}/{index}".encode()).hexdigest()
@@ -98,38 +92,15 @@ class DcgmCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        nodes = self.core.list_node().to_dict()["items"]
-        pods = self.core.list_pod_for_all_namespaces().to_dict()["items"]
-        readings = simulate_gpu_readings(_camel(nodes), _camel(pods))
+        # the raw JSON, in the API's own field names, which is what the readings read
+        nodes = json.loads(self.core.list_node(_preload_content=False).data)["items"]
+        pods = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)
+        readings = simulate_gpu_readings(nodes, pods["items"])
         for metric, help_text in HELP.items():
             family = GaugeMetricFamily(metric, help_text, labels=None)
             for r in readings:
                 family.add_sample(metric, r.labels, r.values[metric])
             yield family
-
-
-def _camel(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The client's to_dict() uses snake_case; the readings read the API's own field names."""
-    out = []
-    for item in items:
-        meta, spec, status = item["metadata"], item.get("spec") or {}, item.get("status") or {}
-        created = meta.get("creation_timestamp")
-        out.append(
-            {
-                "metadata": {
-                    "name": meta["name"],
-                    "namespace": meta.get("namespace"),
-                    "labels": meta.get("labels") or {},
-                    "creationTimestamp": created.isoformat() if created else "",
-                },
-                "spec": {
-                    "nodeName": spec.get("node_name"),
-                    "containers": spec.get("containers") or [],
-                },
-                "status": {"phase": status.get("phase"), "capacity": status.get("capacity") or {}},
-            }
-        )
-    return out
 
 
 def serve(kubeconfig: str, port: int) -> None:

@@ -161,11 +161,6 @@ class PipelineTrainer:
             else None
         )
 
-    @property
-    def frozen(self) -> bool:
-        """Every layer of this rank's stages is frozen: no weight gradients, no sync, no update."""
-        return not self.trainable
-
     def shard(self, x: torch.Tensor) -> torch.Tensor:
         """This replica's contiguous part of the global batch."""
         dp, r = self.layout.dp, self.layout.replica(self.rank)
