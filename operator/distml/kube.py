@@ -153,6 +153,25 @@ class AsyncWriter:
             if resp.status >= 300 and resp.status != 404:
                 raise RuntimeError(f"deleting pod {name}: {resp.status} {await resp.text()}")
 
+    async def request(
+        self, method: str, path: str, body: Obj | None = None, patch: str = "merge"
+    ) -> tuple[int, Obj]:
+        """Any other call, e.g. a merge PATCH of a status: (HTTP status, JSON answer)."""
+        headers = self._headers()
+        if method == "PATCH":
+            headers["Content-Type"] = f"application/{patch}-patch+json"
+        data = None if body is None else json.dumps(body)
+        async with (
+            self._limit,
+            self._session_().request(method, f"{self.host}{path}", data=data, headers=headers)
+            as resp,
+        ):
+            text = await resp.text()
+        try:
+            return resp.status, dict(json.loads(text)) if text else {}
+        except ValueError:
+            return resp.status, {"message": text}
+
     async def list_objects(self, path: str, **params: str) -> tuple[list[Obj], str]:
         """A LIST of `path` (e.g. /api/v1/pods): its items and the resourceVersion to watch from."""
         async with self._session_().get(

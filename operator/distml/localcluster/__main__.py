@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes-per-block", type=int, default=2)
     up.add_argument("--zones", type=int, default=2)
     up.add_argument("--timeout", type=float, default=180.0)
+    up.add_argument(
+        "--process-nodes", type=int, default=0, help="nodes whose pods run as real processes"
+    )
+    up.add_argument("--process-gpus", type=int, default=8, help="GPUs each process node offers")
+    up.add_argument("--link-rate", default=None, help="process nodes' link bandwidth (10gbit)")
     sub.add_parser("down", help="stop every process the cluster started")
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
     ex = sub.add_parser("exit-pod", help="make a pod's containers exit with a code")
@@ -38,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     dcgm_cmd.add_argument("--port", type=int, default=9401)
     for name in ("node-down", "node-up", "node-remove"):
         sub.add_parser(name).add_argument("node")
+    for name, what in (
+        ("node-cut", "cut a process node's link"),
+        ("node-restore", "undo node-cut"),
+    ):
+        sub.add_parser(name, help=what).add_argument("node")
+    rate = sub.add_parser("link-rate", help="shape a process node's link (or `none`)")
+    rate.add_argument("node")
+    rate.add_argument("rate")
     args = ap.parse_args(argv)
 
     c = default_cluster()
@@ -46,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes=args.nodes, nodes_per_block=args.nodes_per_block, zones=args.zones
         )
         c.up(shape, NodeShape(gpus=args.gpus_per_node), timeout=args.timeout)
+        c.sync_process_nodes(args.process_nodes, args.process_gpus, args.link_rate)
         print(f"export KUBECONFIG={c.kubeconfig}")
     elif args.cmd == "down":
         c.down()
@@ -81,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         faults.node_up(c, args.node)
     elif args.cmd == "node-remove":
         faults.node_remove(c, args.node)
+    elif args.cmd in ("node-cut", "node-restore"):
+        faults.node_cut(args.node, off=args.cmd == "node-cut")
+    elif args.cmd == "link-rate":
+        faults.link_rate(args.node, None if args.rate == "none" else args.rate)
     return 0
 
 

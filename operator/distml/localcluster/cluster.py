@@ -28,6 +28,18 @@ from distml.localcluster import nodes, pki, processes
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.64.0.0/12"
+AGENT = "node-agent-"  # pid file names of process-node agents: node-agent-0, ...
+
+
+def process_node_name(index: int) -> str:
+    return nodes.node_name(nodes.ClusterShape(name_prefix="proc-node"), index)
+
+
+def process_node_index(name: str) -> int:
+    prefix = "proc-node-"
+    if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+        raise ValueError(f"{name!r} is not a process node (proc-node-NNN)")
+    return int(name[len(prefix) :])
 
 
 def _free_port() -> int:
@@ -36,10 +48,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_LOCALNODE = Path(__file__).parents[1] / "localnode"
+
+
 def config_fingerprint() -> str:
-    """Changes whenever the flags or the KWOK stages change, so `up` restarts a stale cluster."""
+    """Changes whenever the flags, the KWOK stages or the process-node agent change, so `up`
+    restarts a stale cluster."""
     here = Path(__file__)
-    digest = hashlib.sha256(here.read_bytes() + here.with_name("kwok-stages.yaml").read_bytes())
+    parts = [here, here.with_name("kwok-stages.yaml"), *sorted(_LOCALNODE.glob("*.py"))]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in parts))
     return digest.hexdigest()[:16]
 
 
@@ -202,6 +219,9 @@ class LocalCluster:
                 f"--service-account-signing-key-file={k / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
+                # Process nodes serve logs with certs from this CA (kubectl logs goes through it).
+                f"--kubelet-certificate-authority={k / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=true",
                 f"--cert-dir={k}",
                 "--max-requests-inflight=1600",
@@ -339,12 +359,50 @@ class LocalCluster:
                 f"({len(missing)} added, {len(extra)} removed)"
             )
 
-    def _ready_count(self) -> int:
+    # --- process nodes ---------------------------------------------------------------------------
+
+    def process_agents(self) -> dict[int, int]:
+        """{node index: agent pid} of the process-node agents that run."""
+        alive = processes.running(self._pids)
+        return {int(n.rsplit("-", 1)[1]): pid for n, pid in alive.items() if n.startswith(AGENT)}
+
+    def sync_process_nodes(
+        self, count: int, gpus: int = 8, rate: str | None = None, timeout: float = 60.0
+    ) -> None:
+        """Runs `count` process nodes (proc-node-000...), each an agent process with its own
+        network namespace; stops and deletes any beyond `count`; waits until all are Ready."""
+        from distml.localnode import network
+
+        running = self.process_agents()
+        if count and (why := network.available()):
+            raise RuntimeError(why)
+        for index in sorted(i for i in running if i >= count):
+            processes.stop_all(self._pids, [], only=f"{AGENT}{index}")
+            network.teardown(network.NodeNet.of(index))
+            self.kubectl("delete", "node", process_node_name(index), "--ignore-not-found")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        for index in range(count):
+            if index in running:
+                continue
+            argv = [sys.executable, "-m", "distml.localnode", f"--index={index}",
+                    f"--gpus={gpus}", f"--cluster-root={self.root}"]  # fmt: skip
+            if rate:
+                argv.append(f"--rate={rate}")
+            processes.start(f"{AGENT}{index}", argv, self._pids, self.logs, env=env)
+        self._wait(
+            f"{count} process nodes Ready",
+            lambda: self._ready_count("process") >= count,
+            timeout,
+        )
+        if count != len(running):
+            _say(f"{count} process nodes Ready (pods run as processes; logs in {self.logs})")
+
+    def _ready_count(self, kind: str = "kwok") -> int:
         out = self.kubectl(
             "get",
             "nodes",
             "-l",
-            f"{nodes.SIMULATED_LABEL}=kwok",
+            f"{nodes.SIMULATED_LABEL}={kind}",
             "-o",
             "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
         )
@@ -390,6 +448,10 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> list[str]:
         stopped = processes.stop_all(self._pids, STOP_ORDER)
+        if os.geteuid() == 0:
+            from distml.localnode import network
+
+            network.teardown_all()
         if not quiet:
             _say(f"stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
         return stopped

@@ -4,7 +4,8 @@ The KWOK stages in kwok-stages.yaml act on the annotations set here."""
 
 from __future__ import annotations
 
-from distml.localcluster.cluster import LocalCluster
+from distml.localcluster.cluster import LocalCluster, process_node_index
+from distml.localnode import network
 
 EXIT_CODE_ANNOTATION = "sim.distml.io/exit-code"
 REASON_ANNOTATION = "sim.distml.io/reason"
@@ -65,3 +66,16 @@ def node_up(c: LocalCluster, node: str) -> None:
 def node_remove(c: LocalCluster, node: str) -> None:
     """The Node object is deleted, as when a cloud instance is terminated."""
     c.kubectl("delete", f"node/{node}", "--wait=false")
+
+
+def node_cut(node: str, off: bool = True) -> None:
+    """Cuts a process node off the network (its link goes down both ways; its agent stops
+    heartbeating as a partitioned kubelet would), or restores it."""
+    network.cut(network.NodeNet.of(process_node_index(node)), off)
+
+
+def link_rate(node: str, rate: str | None) -> None:
+    """Shapes a process node's link to `rate` both ways (None: unshaped)."""
+    if rate is not None:
+        network.rate_bits(rate)
+    network.shape(network.NodeNet.of(process_node_index(node)), rate)

@@ -97,5 +97,14 @@ def render_gpu_node(cluster: ClusterShape, node: NodeShape, index: int) -> dict[
     }
 
 
+def render_process_node(cluster: ClusterShape, node: NodeShape, index: int) -> dict[str, Any]:
+    """A process node (`python -m distml.localnode`): the same labels as a KWOK node, but no KWOK
+    annotation, since its own agent runs its pods as processes."""
+    obj = render_gpu_node(cluster, node, index)
+    del obj["metadata"]["annotations"][KWOK_ANNOTATION]
+    obj["metadata"]["labels"].update({"type": "process", SIMULATED_LABEL: "process"})
+    return obj
+
+
 def render_gpu_nodes(cluster: ClusterShape, node: NodeShape) -> list[dict[str, Any]]:
     return [render_gpu_node(cluster, node, i) for i in range(cluster.nodes)]

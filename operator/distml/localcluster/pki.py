@@ -106,3 +106,18 @@ def write_pki(folder: Path) -> None:
         folder / "sa.pub",
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
     )
+
+
+def write_serving_cert(folder: Path, name: str, ip: str) -> tuple[Path, Path]:
+    """A serving cert for `ip`, signed by the cluster's CA (a node agent's kubelet port);
+    returns (cert, key) paths."""
+    pem = serialization.Encoding.PEM
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = _key()
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)), x509.DNSName(name)]
+    cert = _issue(_name(name), key, _name("distml-local-ca"), ca_key, server=True, sans=sans)
+    crt_path, key_path = folder / f"node-{name}.crt", folder / f"node-{name}.key"
+    _write(crt_path, cert.public_bytes(pem))
+    _write(key_path, _pem_key(key))
+    return crt_path, key_path

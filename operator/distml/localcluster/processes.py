@@ -73,10 +73,13 @@ def running(pid_dir: Path) -> dict[str, int]:
     return alive
 
 
-def stop_all(pid_dir: Path, order: list[str], grace: float = 10.0) -> list[str]:
-    """SIGTERM every recorded process (those named in `order` first, in that order), SIGKILL what
-    is left after `grace` seconds, and remove the pid files. Returns the names it stopped."""
-    names = [p.stem for p in pid_dir.glob("*.pid")]
+def stop_all(
+    pid_dir: Path, order: list[str], grace: float = 10.0, only: str | None = None
+) -> list[str]:
+    """SIGTERM every recorded process (those named in `order` first, in that order; or just the
+    one named `only`), SIGKILL what is left after `grace` seconds, and remove the pid files.
+    Returns the names it stopped."""
+    names = [p.stem for p in pid_dir.glob("*.pid") if only is None or p.stem == only]
     names.sort(key=lambda n: order.index(n) if n in order else -1)
     stopped = []
     for name in names:

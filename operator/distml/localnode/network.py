@@ -1,0 +1,175 @@
+"""Each process node is its own network host: a network namespace joined to one bridge (the
+"top-of-rack switch") by a veth pair. Pods on a node share its namespace, the way hostNetwork pods
+share a server's; pods on different nodes talk over the veths, whose bandwidth `tc` can shape
+(token bucket) and whose host end can be taken down to cut the node off.
+
+Only this machine's own namespaces and a private /24 are used. Needs root (CAP_NET_ADMIN).
+
+The names and addresses are pure functions of the node's index (`NodeNet.of`); `setup`,
+`teardown`, `shape` and `cut` run `ip` and `tc`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+BRIDGE = "distml0"
+SUBNET = ipaddress.ip_network("10.242.0.0/24")
+GATEWAY = SUBNET.network_address + 1
+FIRST_NODE = 10  # node i gets .10+i
+NETNS_PREFIX = "distml-"
+HOSTS_DIR = Path("/etc/netns")
+_RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
+_RATE_BITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    index: int
+    netns: str  # network namespace, also the name of its /etc/netns folder
+    host_veth: str  # the bridge's end, in this machine's namespace
+    address: str  # the node's (and its pods') IP
+
+    @classmethod
+    def of(cls, index: int) -> NodeNet:
+        if not 0 <= index < SUBNET.num_addresses - FIRST_NODE - 1:
+            raise ValueError(f"node index {index} does not fit in {SUBNET}")
+        return cls(
+            index=index,
+            netns=f"{NETNS_PREFIX}{index}",
+            host_veth=f"dmlv{index}",  # interface names are at most 15 characters
+            address=str(SUBNET.network_address + FIRST_NODE + index),
+        )
+
+    @property
+    def hosts_file(self) -> Path:
+        """`ip netns exec` bind-mounts this over /etc/hosts for what runs in the namespace."""
+        return HOSTS_DIR / self.netns / "hosts"
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns]
+
+
+def rate_bits(rate: str) -> int:
+    """'10gbit' -> 10_000_000_000; tc's own syntax, checked here so errors name the value."""
+    m = _RATE.match(rate)
+    if not m:
+        raise ValueError(f"rate {rate!r} is not like 100mbit or 10gbit")
+    return int(float(rate[: -len(m.group(2))]) * _RATE_BITS[m.group(2)])
+
+
+def tbf_args(rate: str) -> list[str]:
+    """A token bucket at `rate`, with a burst of 10 ms of traffic (at least 64 KiB) so a fast
+    link is not throttled by the timer tick, and 50 ms of queue."""
+    burst = max(rate_bits(rate) // 8 // 100, 64 * 1024)
+    return ["tbf", "rate", rate, "burst", str(burst), "latency", "50ms"]
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and out.returncode != 0:
+        raise NetworkError(f"`{' '.join(argv)}` failed: {out.stderr.strip()}")
+    return out
+
+
+def available() -> str | None:
+    """None when this machine can make node networks, else why not."""
+    if os.geteuid() != 0:
+        return "process nodes need root for network namespaces (ip netns, veth, tc)"
+    for tool in ("ip", "tc", "unshare"):
+        if _run("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
+            return f"process nodes need `{tool}` (Debian: iproute2, util-linux)"
+    return None
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    argv = ["ip", *(["-n", netns] if netns else []), "link", "show", name]
+    return _run(*argv, check=False).returncode == 0
+
+
+def ensure_bridge() -> None:
+    if _link_exists(BRIDGE):
+        return
+    _run("ip", "link", "add", BRIDGE, "type", "bridge")
+    _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", BRIDGE)
+    _run("ip", "link", "set", BRIDGE, "up")
+
+
+def setup(net: NodeNet, rate: str | None = None) -> None:
+    """Creates (or repairs) the node's namespace and link; idempotent."""
+    ensure_bridge()
+    added = _run("ip", "netns", "add", net.netns, check=False).returncode == 0
+    if not added and net.netns not in _run("ip", "netns", "list").stdout.split():
+        raise NetworkError(f"cannot create network namespace {net.netns}")
+    if not _link_exists(net.host_veth):
+        _run("ip", "link", "add", net.host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+             net.netns)  # fmt: skip
+        _run("ip", "-n", net.netns, "addr", "add", f"{net.address}/{SUBNET.prefixlen}", "dev",
+             "eth0")  # fmt: skip
+    _run("ip", "link", "set", net.host_veth, "master", BRIDGE, "up")
+    _run("ip", "-n", net.netns, "link", "set", "lo", "up")
+    _run("ip", "-n", net.netns, "link", "set", "eth0", "up")
+    _run("ip", "-n", net.netns, "route", "replace", "default", "via", str(GATEWAY))
+    net.hosts_file.parent.mkdir(parents=True, exist_ok=True)
+    if not net.hosts_file.exists():
+        net.hosts_file.write_text(f"127.0.0.1 localhost\n{net.address} {net.netns}\n")
+    shape(net, rate)
+
+
+def shape(net: NodeNet, rate: str | None) -> None:
+    """Limits the node's link to `rate` both ways (None: as fast as the veth goes)."""
+    for argv in (["ip", "netns", "exec", net.netns, "tc"], ["tc"]):
+        dev = "eth0" if len(argv) > 1 else net.host_veth
+        if rate is None:
+            _run(*argv, "qdisc", "del", "dev", dev, "root", check=False)
+        else:
+            _run(*argv, "qdisc", "replace", "dev", dev, "root", *tbf_args(rate))
+
+
+def current_rate(net: NodeNet) -> str | None:
+    out = _run("tc", "qdisc", "show", "dev", net.host_veth, check=False).stdout
+    m = re.search(r"tbf .*?rate (\S+)", out)
+    return m.group(1) if m else None
+
+
+def cut(net: NodeNet, off: bool) -> None:
+    """Takes the node's link down (off=True) or back up: packets stop both ways at once."""
+    _run("ip", "link", "set", net.host_veth, "down" if off else "up")
+
+
+def is_cut(net: NodeNet) -> bool:
+    try:
+        flags = Path(f"/sys/class/net/{net.host_veth}/flags").read_text()
+    except OSError:
+        return True
+    return not int(flags, 16) & 0x1  # IFF_UP
+
+
+def teardown(net: NodeNet) -> None:
+    _run("ip", "link", "del", net.host_veth, check=False)
+    _run("ip", "netns", "del", net.netns, check=False)
+    if net.hosts_file.parent.is_dir():
+        for f in net.hosts_file.parent.iterdir():
+            f.unlink()
+        net.hosts_file.parent.rmdir()
+
+
+def teardown_all() -> list[str]:
+    """Removes every node namespace and the bridge; returns the namespaces removed."""
+    names = [
+        n for n in _run("ip", "netns", "list", check=False).stdout.split()
+        if n.startswith(NETNS_PREFIX) and n[len(NETNS_PREFIX):].isdigit()
+    ]  # fmt: skip
+    for name in names:
+        teardown(NodeNet.of(int(name[len(NETNS_PREFIX) :])))
+    _run("ip", "link", "del", BRIDGE, check=False)
+    return names

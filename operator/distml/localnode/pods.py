@@ -1,0 +1,290 @@
+"""What a process node decides about a pod, as pure functions: the argv, env and paths of each
+container (the image's entrypoint contract, without the image), the pod's status from its
+containers' states, and the hosts file that gives pods their DNS names.
+
+There is no container filesystem, so a volume's mountPath (and the terminationMessagePath) is
+translated to a folder on this machine wherever it appears in the command, args and env values:
+`--checkpoint-dir /checkpoints` becomes `--checkpoint-dir <pod folder>/volumes/checkpoints`.
+emptyDir is a folder per pod; hostPath is one folder shared by every process node, as an NFS mount
+would be on real servers (they all run on this machine's disk).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Obj = dict[str, Any]
+GPU = "nvidia.com/gpu"
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+FALLBACK_LOG_LINES = 80
+MAX_MESSAGE = 4096
+
+
+class ContainerConfigError(ValueError):
+    """The pod asks for something a process node cannot give (CreateContainerConfigError)."""
+
+
+@dataclass(frozen=True)
+class ImageContract:
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+
+_DOCKER_LINE = re.compile(r"^(ENTRYPOINT|CMD)\s+(\[.*\])\s*$")
+
+
+def parse_dockerfile(text: str) -> ImageContract:
+    """ENTRYPOINT and CMD of a Dockerfile's last stage, in their JSON (exec) form."""
+    found: dict[str, tuple[str, ...]] = {}
+    for line in text.splitlines():
+        if line.upper().startswith("FROM "):
+            found = {}
+        m = _DOCKER_LINE.match(line.strip())
+        if m:
+            found[m.group(1)] = tuple(json.loads(m.group(2)))
+    return ImageContract(found.get("ENTRYPOINT", ()), found.get("CMD", ()))
+
+
+def image_repository(image: str) -> str:
+    """'registry:5000/team/distml-runtime:0.1.0@sha256:..' -> 'distml-runtime'."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
+
+
+def container_argv(container: Obj, images: Mapping[str, ImageContract]) -> list[str]:
+    """Kubernetes' rule: command replaces the entrypoint, args replace CMD; with a command and no
+    args, CMD is dropped."""
+    command, args = container.get("command"), container.get("args")
+    contract = images.get(image_repository(container.get("image", "")))
+    if command:
+        return [*command, *(args or [])]
+    if contract is None:
+        raise ContainerConfigError(
+            f"container {container['name']!r}: image {container.get('image')!r} is not one this "
+            f"node knows ({', '.join(sorted(images)) or 'none'}); give it a command"
+        )
+    argv = [*contract.entrypoint, *(args if args is not None else contract.cmd)]
+    if not argv:
+        raise ContainerConfigError(f"container {container['name']!r}: nothing to run")
+    return argv
+
+
+def _field_ref(pod: Obj, path: str, node_ip: str) -> str:
+    meta, spec = pod["metadata"], pod["spec"]
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": node_ip,
+        "status.hostIP": node_ip,
+    }
+    if path in simple:
+        return str(simple[path] or "")
+    m = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    raise ContainerConfigError(f"env fieldRef {path!r} is not supported on process nodes")
+
+
+def container_env(container: Obj, pod: Obj, node_ip: str) -> dict[str, str]:
+    """The container's env as Kubernetes resolves it: $(VAR) references to earlier variables, and
+    the downward API's fieldRefs. Secrets and ConfigMaps are not read by process nodes."""
+    env: dict[str, str] = {}
+    for var in container.get("env") or []:
+        name = var["name"]
+        if "value" in var or "valueFrom" not in var:
+            value = str(var.get("value", ""))
+            env[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                               lambda m: env.get(m.group(1), m.group(0)), value)  # fmt: skip
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            env[name] = _field_ref(pod, source["fieldRef"]["fieldPath"], node_ip)
+        else:
+            kind = next(iter(source), "?")
+            raise ContainerConfigError(f"env {name}: valueFrom.{kind} is not supported here")
+    return env
+
+
+def volume_folders(pod: Obj, pod_dir: Path, shared_root: Path) -> dict[str, Path]:
+    """{volume name: folder on this machine} for the volumes a process node can give."""
+    folders: dict[str, Path] = {}
+    for vol in pod["spec"].get("volumes") or []:
+        if "emptyDir" in vol:
+            folders[vol["name"]] = pod_dir / "volumes" / vol["name"]
+        elif "hostPath" in vol:
+            folders[vol["name"]] = shared_root / "hostpath" / vol["hostPath"]["path"].lstrip("/")
+    return folders
+
+
+def mounts(container: Obj, folders: Mapping[str, Path]) -> dict[str, Path]:
+    """{mountPath: folder}, longest paths first so nested mounts translate to the inner one."""
+    out: dict[str, Path] = {}
+    for m in container.get("volumeMounts") or []:
+        if m["name"] not in folders:
+            continue  # service account tokens, ConfigMaps: nothing to translate to
+        out[m["mountPath"].rstrip("/") or "/"] = folders[m["name"]] / m.get("subPath", "")
+    return dict(sorted(out.items(), key=lambda kv: -len(kv[0])))
+
+
+def translate(value: str, paths: Mapping[str, Path]) -> str:
+    """Rewrites a path under a mount (also the value of a `--flag=path`) to its folder."""
+    if "=" in value and not value.startswith("/"):
+        key, _, rest = value.partition("=")
+        return f"{key}={translate(rest, paths)}"
+    for mount, folder in paths.items():
+        if value == mount or value.startswith(mount + "/"):
+            return str(folder) + value[len(mount) :]
+    return value
+
+
+def gpu_request(container: Obj) -> int:
+    res = container.get("resources") or {}
+    return int((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0)
+
+
+def gpu_env(devices: Iterable[int]) -> dict[str, str]:
+    """What NVIDIA's device plugin sets: the container sees only its own GPUs."""
+    ids = ",".join(str(d) for d in devices)
+    return {"CUDA_VISIBLE_DEVICES": ids, "NVIDIA_VISIBLE_DEVICES": ids or "void"}
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContainerState:
+    name: str
+    image: str
+    state: str = "waiting"  # waiting | running | terminated
+    reason: str = "ContainerCreating"
+    message: str = ""
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    restarts: int = 0
+    last: Obj = field(default_factory=dict)
+
+    def status(self) -> Obj:
+        if self.state == "running":
+            state: Obj = {"running": {"startedAt": self.started_at}}
+        elif self.state == "terminated":
+            state = {
+                "terminated": {
+                    "exitCode": self.exit_code,
+                    "reason": self.reason,
+                    "startedAt": self.started_at,
+                    "finishedAt": self.finished_at,
+                    **({"message": self.message} if self.message else {}),
+                }
+            }
+        else:
+            state = {"waiting": {"reason": self.reason, **({"message": self.message}
+                                                            if self.message else {})}}  # fmt: skip
+        return {
+            "name": self.name,
+            "image": self.image,
+            "imageID": "",
+            "state": state,
+            "lastState": self.last,
+            "ready": self.state == "running",
+            "restartCount": self.restarts,
+            "started": self.state == "running",
+        }
+
+
+def exit_code(returncode: int) -> int:
+    """A container killed by signal N exits 128+N, as container runtimes report it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def termination_message(written: str, log_tail: str, policy: str, code: int) -> str:
+    if written.strip() or policy != "FallbackToLogsOnError" or code == 0:
+        return written[:MAX_MESSAGE]
+    return "\n".join(log_tail.splitlines()[-FALLBACK_LOG_LINES:])[-2048:]
+
+
+def phase(inits: list[ContainerState], mains: list[ContainerState], restart_policy: str) -> str:
+    if any(c.state == "terminated" and c.exit_code for c in inits) and restart_policy == "Never":
+        return "Failed"
+    if not all(c.state == "terminated" and c.exit_code == 0 for c in inits):
+        return "Pending"
+    if mains and all(c.state == "terminated" for c in mains):
+        if all(c.exit_code == 0 for c in mains):
+            return "Succeeded"
+        if restart_policy == "Never":
+            return "Failed"  # OnFailure and Always: the node restarts the container
+    if any(c.state in ("running", "terminated") for c in mains):
+        return "Running"
+    return "Pending"
+
+
+def _condition(kind: str, ok: bool, now: str, reason: str = "") -> Obj:
+    cond = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now}
+    if reason and not ok:
+        cond["reason"] = reason
+    return cond
+
+
+def pod_status(
+    inits: list[ContainerState],
+    mains: list[ContainerState],
+    restart_policy: str,
+    pod_ip: str,
+    started: str,
+    now: str,
+) -> Obj:
+    ph = phase(inits, mains, restart_policy)
+    initialized = all(c.state == "terminated" and c.exit_code == 0 for c in inits)
+    ready = ph == "Running" and all(c.state == "running" for c in mains)
+    reason = "PodCompleted" if ph in ("Succeeded", "Failed") else "ContainersNotReady"
+    return {
+        "phase": ph,
+        "hostIP": pod_ip,
+        "hostIPs": [{"ip": pod_ip}],
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
+        "startTime": started,
+        "conditions": [
+            _condition("PodReadyToStartContainers", True, now),
+            _condition("Initialized", initialized, now, "ContainersNotInitialized"),
+            _condition("ContainersReady", ready, now, reason),
+            _condition("Ready", ready, now, reason),
+            _condition("PodScheduled", True, now),
+        ],
+        "initContainerStatuses": [c.status() for c in inits],
+        "containerStatuses": [c.status() for c in mains],
+    }
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj]) -> str:
+    """/etc/hosts for one node's namespace: the DNS names a headless Service gives each pod with a
+    hostname and subdomain (hostname.subdomain.namespace.svc.cluster.local), then the node. Pods
+    on this node are listed before their status has an IP (it is the node's) and also get their
+    short hostname, as kubelet writes it into each pod's hosts. Pod lines come first, so a reverse
+    lookup of a node's IP gives a pod's name, which every node can resolve (torchrun advertises
+    its host by that name)."""
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+        spec, status = pod["spec"], pod.get("status") or {}
+        here = spec.get("nodeName") == node_name
+        host, sub = spec.get("hostname"), spec.get("subdomain")
+        ip = node_ip if here else status.get("podIP")
+        gone = status.get("phase") in ("Succeeded", "Failed")
+        if not (host and sub and ip) or gone or pod["metadata"].get("deletionTimestamp"):
+            continue
+        base = f"{host}.{sub}.{pod['metadata']['namespace']}.svc"
+        names = [f"{base}.cluster.local", base, *([host] if here else [])]
+        lines.append(f"{ip} {' '.join(names)}")
+    lines.append(f"{node_ip} {node_name}")
+    return "\n".join(lines) + "\n"
