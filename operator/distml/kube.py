@@ -163,8 +163,9 @@ class AsyncWriter:
         data = None if body is None else json.dumps(body)
         async with (
             self._limit,
-            self._session_().request(method, f"{self.host}{path}", data=data, headers=headers)
-            as resp,
+            self._session_().request(
+                method, f"{self.host}{path}", data=data, headers=headers
+            ) as resp,
         ):
             text = await resp.text()
         try:

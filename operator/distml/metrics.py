@@ -28,3 +28,8 @@ RESTARTS = Counter(
     "distml_job_restarts", "Group restarts after a failed or lost worker", ["reason"]
 )
 GANG_TIMEOUTS = Counter("distml_gang_timeouts", "Gangs released for not all Running in time")
+PREFLIGHT_BUSBW = Gauge(
+    "distml_job_preflight_busbw_gbps",
+    "All-reduce bus bandwidth (Gbit/s) the job's latest preflight measured",
+    ["namespace", "trainingjob"],
+)

@@ -16,6 +16,7 @@ from distml.conditions import set_phase_condition
 from distml.policies.restart import Failure, backoff_seconds, decide_restart
 
 Obj = dict[str, Any]
+EXIT_PREFLIGHT_SLOW = 3  # distml_runtime.preflight.EXIT_SLOW: busbw below the job's minimum
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Plan:
     queue_wait_seconds: float | None = None
     gang_timeout: bool = False
     restarted: bool = False
+    preflight_busbw_gbps: float | None = None  # measured by this generation's preflight
 
 
 def iso(t: dt.datetime) -> str:
@@ -235,6 +237,8 @@ class _Builder:
         if not cur:
             self.start_gang()
             return
+        if self.preflight(cur):
+            return
         failures = self.failures(cur)
         if failures:
             self.on_failures(failures, cur)
@@ -274,6 +278,40 @@ class _Builder:
             self.status["nextAttemptTime"] = None
             return
         self.wait_gang(cur)
+
+    def preflight(self, cur: list[Obj]) -> bool:
+        """Records what this generation's preflight measured (every pod reaches the same
+        verdict; the lowest rank's is kept). True when it failed the job: the links are too
+        slow, and a restart on the same nodes would not make them faster."""
+        if self.spec.preflight is None:
+            return False
+        results = sorted(
+            (podstate.rank(p), r)
+            for p in cur
+            if (r := podstate.init_result(p, rendering.PREFLIGHT_CONTAINER)) is not None
+        )
+        slow = [r for _rank, r in results if r[0] == EXIT_PREFLIGHT_SLOW and r[1]]
+        passed = [r for _rank, r in results if r[0] == 0 and r[1]]
+        _code, verdict = (slow or passed or [(0, None)])[0]
+        if verdict is None:
+            return False
+        recorded = self.status.get("preflight") or {}
+        if recorded.get("restartGeneration") != self.generation:
+            keys = ("passed", "busBwGbps", "algBwGbps", "bytes", "worldSize", "slowestLink",
+                    "slowestLinkGbps", "links", "message", "measuredAt")  # fmt: skip
+            self.status["preflight"] = {
+                **{k: verdict[k] for k in keys if k in verdict},
+                "restartGeneration": self.generation,
+            }
+            self.plan.preflight_busbw_gbps = float(verdict.get("busBwGbps", 0.0))
+            if not slow:
+                self.plan.events.append(
+                    Event("Normal", "PreflightPassed", f"preflight: {verdict.get('message')}")
+                )
+        if slow:
+            self.finish(Phase.FAILED, "PreflightFailed", f"preflight: {verdict.get('message')}")
+            return True
+        return False
 
     def failures(self, cur: list[Obj]) -> list[Failure]:
         out = []

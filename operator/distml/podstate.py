@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from distml import labels
@@ -41,8 +42,13 @@ def generation(pod: Obj) -> int:
 
 
 def exit_code(pod: Obj) -> int | None:
-    """The first non-zero exit code of a terminated container (0 if all exited 0)."""
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    """The first non-zero exit code of a terminated container, init containers first (0 if all
+    exited 0)."""
+    status = pod.get("status") or {}
+    statuses = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
     codes = []
     for cs in statuses:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
@@ -56,9 +62,27 @@ def exit_code(pod: Obj) -> int | None:
     return 0 if codes else None
 
 
+def init_result(pod: Obj, container: str) -> tuple[int, Obj | None] | None:
+    """(exit code, its termination message as JSON if it is JSON) of a finished init container,
+    None while it has not finished."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if cs.get("name") != container or not term:
+            continue
+        try:
+            message = json.loads(term.get("message") or "")
+        except ValueError:
+            message = None
+        return int(term.get("exitCode", 0)), message if isinstance(message, dict) else None
+    return None
+
+
 def failure_reason(pod: Obj) -> str:
     status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
         term = (cs.get("state") or {}).get("terminated")
         if term and term.get("exitCode"):
             return str(term.get("reason") or "Error")

@@ -12,6 +12,13 @@ from typing import Any
 from distml import labels
 from distml.api.models import DEFAULT_MASTER_PORT, GROUP, KIND, VERSION, TrainingJobSpec
 
+PREFLIGHT_CONTAINER = "preflight"
+TERMINATION_LOG = "/dev/termination-log"
+NODE_NAME_ENV = {
+    "name": "DISTML_NODE_NAME",
+    "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+}
+
 # Kubernetes' usual taint on GPU nodes; GPU workers tolerate it.
 GPU_TOLERATION = {"key": labels.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 
@@ -78,6 +85,33 @@ def worker_env(
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
+def preflight_container(
+    spec: TrainingJobSpec, worker: dict[str, Any], env: list[dict[str, Any]], rank: int
+) -> dict[str, Any]:
+    """An init container that runs the all-reduce preflight with one process per pod: the same
+    image and resources as the worker, rank = the pod's rank, world = the pods."""
+    assert spec.preflight is not None
+    pf = spec.preflight
+    own = {"RANK": str(rank), "WORLD_SIZE": str(spec.replicas), "LOCAL_RANK": "0"}
+    args = ["--bytes", str(pf.all_reduce_bytes), "--timeout", str(pf.timeout_seconds)]
+    if pf.min_bus_bw_gbps is not None:
+        args += ["--min-busbw-gbps", f"{pf.min_bus_bw_gbps:g}"]
+    container = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": worker.get("image", ""),
+        "command": ["python", "-m", "distml_runtime.preflight"],
+        "args": [*args, "--termination-log", TERMINATION_LOG],
+        "env": [e for e in env if e["name"] not in own]
+        + [{"name": k, "value": v} for k, v in own.items()],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    for key in ("imagePullPolicy", "resources", "securityContext"):
+        if key in worker:
+            container[key] = copy.deepcopy(worker[key])
+    return container
+
+
 def render_worker_pod(
     meta: dict[str, Any], spec: TrainingJobSpec, rank: int, generation: int
 ) -> dict[str, Any]:
@@ -94,7 +128,7 @@ def render_worker_pod(
         labels.MANAGED_BY: labels.OPERATOR,
     }
     annotations = {**(tmeta.get("annotations") or {}), **spec.gang.pod_group_annotations}
-    env = worker_env(meta, spec, rank, generation)
+    env: list[dict[str, Any]] = [*worker_env(meta, spec, rank, generation), NODE_NAME_ENV]
     for container in pod_spec.get("containers", []):
         container["env"] = [*env, *(container.get("env") or [])]
     if spec.gpus_per_replica and pod_spec.get("containers"):
@@ -104,6 +138,11 @@ def render_worker_pod(
         tolerations = pod_spec.setdefault("tolerations", [])
         if GPU_TOLERATION not in tolerations:
             tolerations.append(dict(GPU_TOLERATION))
+    if spec.preflight and pod_spec.get("containers"):
+        pod_spec["initContainers"] = [
+            preflight_container(spec, pod_spec["containers"][0], env, rank),
+            *(pod_spec.get("initContainers") or []),
+        ]
     pod_spec["restartPolicy"] = "Never"  # the operator restarts the whole group, never kubelet
     pod_spec["hostname"] = pod_hostname(job, rank)
     pod_spec["subdomain"] = job

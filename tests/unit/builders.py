@@ -119,6 +119,21 @@ class PodBuilder:
         }
         return self
 
+    def preflight(self, code: int, message: str) -> PodBuilder:
+        """The preflight init container ended with `code` and wrote `message`; the worker has not
+        started (code != 0) or runs (code 0)."""
+        if code:
+            self.o["status"] = {"phase": "Failed"}
+        else:
+            self.running()
+        self.o["status"]["initContainerStatuses"] = [
+            {
+                "name": "preflight",
+                "state": {"terminated": {"exitCode": code, "message": message}},
+            }
+        ]
+        return self
+
     def owned_by(self, uid: str) -> PodBuilder:
         self.o["metadata"]["ownerReferences"][0]["uid"] = uid
         return self

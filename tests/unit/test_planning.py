@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from distml.planning import Settings, World, plan_reconcile
@@ -235,3 +237,45 @@ def test_pods_of_an_earlier_job_with_the_same_name_are_not_adopted():
     ghosts = [make_pod("llm", r).owned_by("uid-0").running().obj() for r in range(2)]
     p = plan(make_job().obj(), ghosts)
     assert p.status["phase"] == "Creating" and len(names(p)) == 2
+
+
+def _verdict(passed, busbw, slowest="n0 <-> n1", gbps=0.4):
+    msg = f"all-reduce busbw {busbw} Gbps" + ("" if passed else f"; slowest link {slowest}")
+    return json.dumps({"passed": passed, "busBwGbps": busbw, "slowestLink": slowest,
+                       "slowestLinkGbps": gbps, "message": msg, "worldSize": 2})  # fmt: skip
+
+
+def test_preflight_below_the_minimum_fails_the_job_at_once_naming_the_link():
+    job = running_job(restarts=0)
+    job["spec"]["preflight"] = {"minBusBwGbps": 10}
+    pods = [make_pod("llm", r).preflight(3, _verdict(False, 0.5)).obj() for r in range(2)]
+    p = plan(job, pods, now=30)
+    assert p.status["phase"] == "Failed" and not p.restarted
+    cond = p.status["conditions"][-1]
+    assert cond["reason"] == "PreflightFailed" and "n0 <-> n1" in cond["message"]
+    assert p.status["preflight"]["passed"] is False
+    assert p.status["preflight"]["slowestLink"] == "n0 <-> n1"
+    assert [e.reason for e in p.events] == ["PreflightFailed"]
+
+
+def test_preflight_that_passes_lands_in_status_once_per_generation():
+    job = running_job(gen=2)
+    job["spec"]["preflight"] = {}
+    pods = [make_pod("llm", r, 2).preflight(0, _verdict(True, 42.5)).obj() for r in range(2)]
+    p = plan(job, pods, now=30)
+    assert p.status["phase"] == "Running"
+    assert p.status["preflight"]["busBwGbps"] == 42.5
+    assert p.status["preflight"]["restartGeneration"] == 2
+    assert p.preflight_busbw_gbps == 42.5
+    assert "PreflightPassed" in [e.reason for e in p.events]
+    job["status"] = p.status
+    again = plan(job, pods, now=31)
+    assert again.preflight_busbw_gbps is None and again.events == []
+
+
+def test_preflight_peers_that_never_met_is_retryable():
+    job = running_job()
+    job["spec"]["preflight"] = {}
+    pods = [make_pod("llm", 0).preflight(75, "").obj(), make_pod("llm", 1).running().obj()]
+    p = plan(job, pods, now=30)
+    assert p.status["phase"] == "Restarting" and p.restarted

@@ -50,6 +50,7 @@ spec:
     - {name: DISTML_JOB_NAME, value: llm}
     - {name: DISTML_RESTART_GENERATION, value: "2"}
     - {name: DISTML_METRICS_PORT, value: "9400"}
+    - {name: DISTML_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
     - {name: USER_VAR, value: kept}
     resources:
       limits: {nvidia.com/gpu: "8"}
@@ -95,7 +96,7 @@ def test_elastic_job_gives_torchrun_a_range_and_its_restarts():
         .obj()
     )
     pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 0)
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["PET_NNODES"] == "2:4" and env["PET_MAX_RESTARTS"] == "5"
 
 
@@ -103,7 +104,7 @@ def test_cpu_job_asks_no_gpu_and_runs_one_process_per_pod():
     job = make_job().gpus(0).obj()
     spec = TrainingJobSpec.model_validate(job["spec"])
     pod = render_worker_pod(job["metadata"], spec, 0, 0)
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert "resources" not in pod["spec"]["containers"][0]
     assert "tolerations" not in pod["spec"]
     assert env["PET_NPROC_PER_NODE"] == "1" and env["WORLD_SIZE"] == "2"
@@ -122,3 +123,31 @@ def test_headless_service_publishes_not_ready_workers():
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == {"distml.io/job-name": "llm"}
+
+
+def test_preflight_runs_first_with_one_process_per_pod_and_the_threshold():
+    job = (
+        make_job()
+        .replicas(3)
+        .gpus(8)
+        .spec(preflight={"allReduceBytes": 1 << 20, "minBusBwGbps": 12.5})
+    )
+    spec = TrainingJobSpec.model_validate(job.obj()["spec"])
+    pod = render_worker_pod(job.obj()["metadata"], spec, 2, 0)
+    init = pod["spec"]["initContainers"][0]
+    worker = pod["spec"]["containers"][0]
+    assert init["name"] == "preflight" and init["image"] == worker["image"]
+    assert init["command"] == ["python", "-m", "distml_runtime.preflight"]
+    assert init["args"][:2] == ["--bytes", str(1 << 20)]
+    assert init["args"][init["args"].index("--min-busbw-gbps") + 1] == "12.5"
+    assert init["resources"] == worker["resources"]  # the same GPUs, so the same links
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("2", "3", "0")
+    assert env["MASTER_ADDR"].startswith(f"{job.obj()['metadata']['name']}-0.")
+    assert init["terminationMessagePath"] == "/dev/termination-log"
+
+
+def test_no_preflight_no_init_container():
+    job = make_job().obj()
+    pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 0)
+    assert "initContainers" not in pod["spec"]

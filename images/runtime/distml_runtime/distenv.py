@@ -116,7 +116,12 @@ def run_ranks(train: Callable[[Any], int], args: Any) -> int:
     """The entry point of a training command: `train(args)` as this process's rank under
     torchrun, or in `args.nproc` spawned local ranks when asked for and not under a launcher."""
     if getattr(args, "nproc", 0) and not under_launcher():
-        spawn(_exit_with_code, args.nproc, train, args)
+        try:
+            spawn(_exit_with_code, args.nproc, train, args)
+        except mp.ProcessExitedException as err:  # a rank's own exit code is the answer
+            if err.exit_code is None or err.exit_code < 0:
+                raise
+            return int(err.exit_code)
         return 0
     try:
         return train(args)

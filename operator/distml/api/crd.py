@@ -134,6 +134,13 @@ def trainingjob_crd() -> dict[str, Any]:
                         _column("Age", ".metadata.creationTimestamp", "date"),
                         _column("Replicas", ".spec.replicas", "integer", 1),
                         _column("Restart-Policy", ".spec.restartPolicy", priority=1),
+                        _column(
+                            "BusBw-Gbps",
+                            ".status.preflight.busBwGbps",
+                            "number",
+                            1,
+                            description="all-reduce busbw the preflight measured",
+                        ),
                         _column("Message", ".status.message", priority=1),
                     ],
                     "schema": {"openAPIV3Schema": trainingjob_schema()},

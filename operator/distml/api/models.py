@@ -107,6 +107,25 @@ class Parallelism(_Model):
     tensor: int = Field(1, ge=1)
 
 
+class Preflight(_Model):
+    """Before training, the job's pods run the all-reduce benchmark together (one process per
+    pod, as an init container); the busbw lands in status and metrics, and a job below
+    minBusBwGbps fails at once, naming its slowest link."""
+
+    all_reduce_bytes: int = Field(
+        32 * 2**20, ge=4, le=2**34, description="Message size of the all-reduce, in bytes."
+    )
+    min_bus_bw_gbps: float | None = Field(
+        None,
+        gt=0,
+        description="Fail the job when busbw (gigabits per second, i.e. nccl-tests' GB/s x 8) "
+        "is below this. Unset: measure and report only.",
+    )
+    timeout_seconds: int = Field(
+        300, ge=10, description="How long a pod waits for the others to join the preflight."
+    )
+
+
 class TrainingJobSpec(_Model):
     replicas: int = Field(..., ge=1, description="Pods (torchrun nodes).")
     gpus_per_replica: int = Field(0, ge=0, description="nvidia.com/gpu requested by each pod.")
@@ -124,6 +143,7 @@ class TrainingJobSpec(_Model):
     gang: Gang = Field(default_factory=lambda: Gang())
     elastic: Elastic | None = None
     parallelism: Parallelism | None = None
+    preflight: Preflight | None = None
     rendezvous_port: int = Field(DEFAULT_RDZV_PORT, ge=1, le=65535)
 
     @property
@@ -145,6 +165,28 @@ class RankPlacement(_Model):
     rank: int
     pod: str
     node: str = ""
+
+
+class Link(_Model):
+    a: str
+    b: str
+    gbps: float
+
+
+class PreflightStatus(_Model):
+    """What the preflight measured for the current restart generation."""
+
+    passed: bool = True
+    bus_bw_gbps: float = 0.0
+    alg_bw_gbps: float = 0.0
+    bytes: int = 0
+    world_size: int = 0
+    slowest_link: str = ""
+    slowest_link_gbps: float | None = None
+    links: list[Link] = Field(default_factory=list)
+    message: str = ""
+    measured_at: str | None = None
+    restart_generation: int = 0
 
 
 class TrainingJobStatus(_Model):
@@ -169,6 +211,7 @@ class TrainingJobStatus(_Model):
     observed_generation: int | None = None
     selector: str = ""
     ranks: list[RankPlacement] = Field(default_factory=list)
+    preflight: PreflightStatus | None = None
 
 
 # The CEL rules the API server enforces across fields (each names the field it is about).

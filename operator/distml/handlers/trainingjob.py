@@ -199,6 +199,11 @@ class Operator:
             metrics.QUEUE_WAIT.observe(plan.queue_wait_seconds)
         if plan.gang_timeout:
             metrics.GANG_TIMEOUTS.inc()
+        if plan.preflight_busbw_gbps is not None:
+            meta = job["metadata"]
+            metrics.PREFLIGHT_BUSBW.labels(meta["namespace"], meta["name"]).set(
+                plan.preflight_busbw_gbps
+            )
         if plan.restarted:
             reason = next(
                 (
