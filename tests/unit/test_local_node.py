@@ -149,7 +149,9 @@ def test_hosts_file_gives_pods_their_headless_service_names():
     assert "10.242.0.10 job-0.job.team.svc.cluster.local job-0.job.team.svc job-0" in lines
     assert "10.242.0.11 job-1.job.team.svc.cluster.local job-1.job.team.svc" in lines
     assert "job-2" not in text and "job-3" not in text
-    assert lines[-1] == "10.242.0.10 proc-node-000"  # after the pods: reverse lookups name pods
+    # After the pods, so reverse lookups of the node's address name a pod every node resolves.
+    assert lines.index("10.242.0.10 proc-node-000") == 4
+    assert "::ffff:10.242.0.11 job-1.job.team.svc.cluster.local" in lines
 
 
 def test_node_networks_get_distinct_names_and_addresses():

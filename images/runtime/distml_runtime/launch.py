@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the program to run after --")
     if args.metrics_port:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="distml-prom-"))
-        serve_metrics(args.metrics_port)
+        try:
+            serve_metrics(args.metrics_port)
+        except OSError as err:  # metrics must never cost the training run
+            print(f"[distml launch] no metrics on :{args.metrics_port}: {err}", file=sys.stderr)
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

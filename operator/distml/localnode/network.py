@@ -122,6 +122,12 @@ def setup(net: NodeNet, rate: str | None = None) -> None:
     net.hosts_file.parent.mkdir(parents=True, exist_ok=True)
     if not net.hosts_file.exists():
         net.hosts_file.write_text(f"127.0.0.1 localhost\n{net.address} {net.netns}\n")
+    # Names resolve from the hosts file alone. This machine's DNS server is not reachable from
+    # the node (the bridge routes nowhere else), and glibc would wait 10 s on every lookup that
+    # misses (c10d reverse-resolves each peer); a local server that refuses at once fails fast.
+    (net.hosts_file.parent / "resolv.conf").write_text(
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+    )
     shape(net, rate)
 
 

@@ -287,4 +287,7 @@ def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj]) -> str:
         names = [f"{base}.cluster.local", base, *([host] if here else [])]
         lines.append(f"{ip} {' '.join(names)}")
     lines.append(f"{node_ip} {node_name}")
-    return "\n".join(lines) + "\n"
+    # c10d's dual-stack server sees peers as IPv4-mapped IPv6 addresses and looks their names up;
+    # without these lines each lookup misses and warns.
+    mapped = [f"::ffff:{li.split()[0]} {li.split()[1]}" for li in lines[2:]]
+    return "\n".join([*lines, *mapped]) + "\n"
