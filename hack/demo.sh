@@ -1,67 +1,110 @@
 #!/usr/bin/env bash
-# make demo: the main job on the embedded local GPU cluster.
+# make demo: real data-parallel training on the local GPU cluster. Two simulated 8-GPU servers
+# ("process nodes") each run their pods as real processes in their own network namespace, joined
+# by 10 Gbit/s links; the chart installs the CRDs and RBAC, the operator runs with the chart's
+# ServiceAccount, and Prometheus scrapes the operator and the pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-export KUBECONFIG=$PWD/.cluster/kubeconfig
+export KUBECONFIG=$PWD/.cluster/kubeconfig DISTML_REPO=$PWD
 K="bin/kubectl"
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+NS=distml-system
+SHARED=.cluster/shared/hostpath/mnt/distml
+step() { printf '\n\033[1m==> [%3ss] %s\033[0m\n' "$((SECONDS - start))" "$*"; }
 start=$SECONDS
 
-step "1/5 starting the local GPU cluster (etcd, kube-apiserver, controller manager, scheduler, KWOK)"
-$PY -m distml.localcluster up --nodes "${NODES:-4}" --gpus-per-node "${GPUS:-8}" >/dev/null
-$K get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.count,topology.kubernetes.io/zone,topology.distml.io/block
+# Prints `kubectl get tj NAME` whenever it changes, until the job reaches a phase in $2 (a|b).
+watch_job() {
+  local last="" now phase
+  for _ in $(seq 1 1200); do
+    now=$($K get tj "$1" --no-headers 2>/dev/null || true)
+    phase=$(awk '{print $2}' <<<"$now")
+    if [[ -n $phase && $now != "$last" ]]; then echo "  $now"; last=$now; fi
+    [[ $phase =~ ^($2)$ ]] && return 0
+    sleep 0.5
+  done
+  echo "timed out waiting for $1 to be $2" >&2
+  return 1
+}
 
-step "2/5 installing the CRDs and starting the operator"
-$PY -m distml.localcluster operator
-$K get crd trainingjobs.distml.io
+step "1/6 local GPU cluster: control plane + 2 process nodes (8 simulated GPUs each, 10gbit links)"
+$PY -m distml.localcluster up --nodes 0 --process-nodes 2 --process-gpus 8 --link-rate 10gbit \
+  >/dev/null
+$K get nodes -o wide -L nvidia.com/gpu.count,topology.kubernetes.io/zone
 
-step "3/5 applying examples/trainingjob.yaml (2 replicas x 8 GPUs) and watching it"
+step "2/6 helm install the chart (CRDs, RBAC, metrics, dashboards); the operator runs with its ServiceAccount"
+bin/helm upgrade --install distml charts/distml -n $NS --create-namespace --set replicas=0 --wait \
+  | grep -E '^(NAME|STATUS|REVISION)'
+$PY -m distml.localcluster operator --no-crds --service-account "$NS/distml"
+$PY -m distml.localcluster prometheus
+
+step "3/6 kubectl apply -f examples/trainingjob.yaml: DDP on 2 servers x 8 ranks, preflight first"
 $K delete -f examples/trainingjob.yaml --ignore-not-found --wait=true >/dev/null
+rm -rf "$SHARED/checkpoints/ddp-digits"  # a fresh run, not a resume of the last demo
 $K apply -f examples/trainingjob.yaml
-last=""
-for _ in $(seq 1 120); do
-  now=$($K get tj ddp-digits --no-headers 2>/dev/null || true)
-  phase=$(awk '{print $2}' <<<"$now")
-  if [[ -n $now && $now != "$last" ]]; then echo "$now"; last=$now; fi
-  [[ $phase == Running ]] && break
-  sleep 0.5
-done
+echo "  NAME         PHASE     READY  GPUS  RESTARTS  AGE"
+watch_job ddp-digits 'Running|Failed'
+$K get tj ddp-digits -o jsonpath='  preflight: {.status.preflight.message}{"\n"}'
 $K get pods -l distml.io/job-name=ddp-digits -o wide
-echo "# KWOK simulates these pods: they are scheduled and Running, but no process trains in them."
-echo "# Each worker now exits 0, as a finished torchrun would:"
-for pod in $($K get pods -l distml.io/job-name=ddp-digits -o name); do
-  $PY -m distml.localcluster exit-pod "${pod#pod/}" 0
-done
-for _ in $(seq 1 60); do
-  phase=$($K get tj ddp-digits -o jsonpath='{.status.phase}')
-  [[ $phase == Succeeded ]] && break
-  sleep 0.5
-done
+echo "  rank 0's log (kubectl logs -f ddp-digits-worker-0-0), loss averaged over the 16 ranks:"
+$K logs -f ddp-digits-worker-0-0 -c trainer | $PY -c 'import json, sys
+for line in sys.stdin:
+    if not line.startswith("{"):
+        continue
+    e = json.loads(line)
+    if e["event"] == "step" and e["step"] % 50 == 0:
+        print("  step %4d  loss %.4f  %8.0f samples/s  all-reduce %6.1f ms"
+              % (e["step"], e["loss"], e["samples_per_s"], e["allreduce_ms"]), flush=True)
+    elif e["event"] == "checkpoint":
+        print("             checkpoint at step %d" % e["step"], flush=True)
+    elif e["event"] != "step":
+        print("  " + line.strip(), flush=True)'
+watch_job ddp-digits 'Succeeded|Failed'
 $K get tj ddp-digits -o wide
 $K get events --field-selector involvedObject.name=ddp-digits --sort-by=.metadata.resourceVersion \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
 
-step "4/5 the runtime on this machine: data-parallel training (2 ranks, gloo), loss going down"
-$PY -m distml_runtime.train.ddp --nproc 2 --steps 100 --log-every 20 --no-metrics \
-  | $PY -c 'import json,sys
-for line in sys.stdin:
-    e = json.loads(line)
-    if e["event"] == "step":
-        print("step %4d  loss %.4f  %9.0f samples/s" % (e["step"], e["loss"], e["samples_per_s"]))'
+step "4/6 kubectl apply -f examples/allreduce-benchmark.yaml: all-reduce across the 2 servers"
+$K delete -f examples/allreduce-benchmark.yaml --ignore-not-found --wait=true >/dev/null
+$K apply -f examples/allreduce-benchmark.yaml
+watch_job allreduce-bench 'Succeeded|Failed'
+$K logs allreduce-bench-worker-0-0 -c bench | grep -vE '^\[W|^W[0-9]|\*\*\*|OMP_NUM_THREADS|^$'
+echo "  plot: $SHARED/results/allreduce-bench.png   (the pods wrote /results/allreduce-bench.png)"
 
-step "5/5 the all-reduce benchmark (4 ranks, gloo): ring against native"
-mkdir -p bench/results
-$PY -m distml_runtime.bench.allreduce --nproc 4 -b 1K -e 4M -f 16 --algo all -n 5 -w 2 \
-  --no-progress --plot bench/results/demo-allreduce.png | grep -E '^#|^ +[0-9]|size|elements' | head -80
+step "5/6 what Prometheus scraped (http://127.0.0.1:9090), through the dashboards' queries"
+sleep 3
+$PY - <<'EOF'
+import json, urllib.parse, urllib.request
+queries = {
+    "jobs by phase": "sum by (phase) (distml_trainingjobs) > 0",
+    "apply -> all Running, p50 (s)": "histogram_quantile(0.5, sum by (le) (distml_job_time_to_running_seconds_bucket))",
+    "preflight busbw (Gbit/s)": "distml_job_preflight_busbw_gbps",
+    "training loss, last seen": "max by (trainingjob) (last_over_time(distml_train_loss[10m]))",
+    "all-reduce busbw at 16 MiB (GB/s)": 'max by (algo) (last_over_time(distml_allreduce_busbw_gbps{bytes="16777216"}[10m]))',
+}
+for title, q in queries.items():
+    url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    result = json.load(urllib.request.urlopen(url, timeout=10))["data"]["result"]
+    shown = ", ".join(
+        f"{ {k: v for k, v in r['metric'].items() if k in ('phase', 'trainingjob', 'algo')} or ''} {float(r['value'][1]):.3g}".strip()
+        for r in result
+    ) or "(no data)"
+    print(f"  {title:36s} {shown}")
+    print(f"  {'':36s} query: {q}")
+EOF
 
-step "done in $((SECONDS - start))s"
+step "6/6 done in $((SECONDS - start))s"
 cat <<MSG
-What is running, and where to look:
+What ran: a TrainingJob of 2 pods on 2 process nodes (16 gloo ranks: no GPU here, so the runtime
+fell back to CPU), its preflight all-reduce, then the all-reduce benchmark job; all still up.
+Where to look:
   export KUBECONFIG=$KUBECONFIG
-  bin/kubectl get tj,pods -A              # jobs and their pods
-  curl -s localhost:8080/metrics | grep ^distml_   # the operator's metrics
-  .cluster/logs/                          # every process's log (operator.log too)
-  bench/results/demo-allreduce.png        # busbw against message size
-  make cluster-down                       # stop everything
+  bin/kubectl get tj,pods -o wide              # jobs, pods and the nodes they ran on
+  bin/kubectl logs ddp-digits-worker-1-0       # any worker's log (served by its node agent)
+  http://127.0.0.1:9090                        # Prometheus; dashboards: charts/distml/dashboards/
+  curl -s localhost:8080/metrics | grep ^distml_   # the operator's own metrics
+  .cluster/logs/                               # every process: operator, node agents, API server
+  .venv/bin/python -m distml.localcluster node-cut proc-node-001   # cut a server off (node-restore undoes)
+  .venv/bin/python -m distml.localcluster link-rate proc-node-001 1gbit   # shape a server's link
+  make cluster-down                            # stop everything
 MSG

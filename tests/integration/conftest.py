@@ -184,20 +184,7 @@ def render_chart(*sets: str, release: str = CHART_RELEASE) -> str:
 
 
 def token_kubeconfig(cluster: LocalCluster, service_account: str, namespace: str) -> Path:
-    """A kubeconfig for the local cluster that authenticates as a ServiceAccount, with a token
-    from the TokenRequest API, as a pod of that ServiceAccount would."""
-    import yaml
-
-    token = cluster.kubectl(
-        "create", "token", service_account, "-n", namespace, "--duration=24h"
-    ).strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": service_account, "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = service_account
-    path = cluster.root / f"kubeconfig-{namespace}-{service_account}"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return cluster.token_kubeconfig(service_account, namespace)
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,19 @@ def test_link_rates_are_checked_and_shaped_with_a_token_bucket():
     assert args[:3] == ["tbf", "rate", "10gbit"]
     assert int(args[args.index("burst") + 1]) == 10**10 // 8 // 100
     assert int(network.tbf_args("1mbit")[4]) == 64 * 1024
+
+
+def test_pods_with_a_metrics_port_become_scrape_targets():
+    def pod(name, ports):
+        return {
+            "metadata": {"name": name, "namespace": "team"},
+            "spec": {"containers": [{"name": "c", "ports": ports}]},
+        }
+
+    targets = pods.scrape_targets("10.242.0.10", [
+        pod("b", [{"name": "metrics", "containerPort": 9400}]),
+        pod("a", [{"name": "http", "containerPort": 80}]),
+    ])  # fmt: skip
+    assert targets == [
+        {"targets": ["10.242.0.10:9400"], "labels": {"namespace": "team", "pod": "b"}}
+    ]

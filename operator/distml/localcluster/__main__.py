@@ -38,7 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("code", type=int)
     ex.add_argument("-n", "--namespace", default="default")
     ex.add_argument("--reason", default="")
-    sub.add_parser("operator", help="run the operator against the cluster, as a managed process")
+    op = sub.add_parser(
+        "operator", help="run the operator against the cluster, as a managed process"
+    )
+    op.add_argument(
+        "--service-account",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="authenticate as this ServiceAccount (e.g. the chart's), not as cluster admin",
+    )
+    op.add_argument("--no-crds", action="store_true", help="the CRDs are installed (by helm)")
+    op.add_argument("operator_args", nargs="*", help="more `python -m distml` arguments")
+    prom = sub.add_parser("prometheus", help="run Prometheus scraping the operator and pods")
+    prom.add_argument("--port", type=int, default=9090)
     dcgm_cmd = sub.add_parser("dcgm", help="serve simulated dcgm-exporter metrics for the GPUs")
     dcgm_cmd.add_argument("--port", type=int, default=9401)
     for name in ("node-down", "node-up", "node-remove"):
@@ -82,9 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "exit-pod":
         faults.exit_pod(c, args.namespace, args.pod, args.code, args.reason)
     elif args.cmd == "operator":
-        c.apply_crds(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds")
-        pid = c.start_operator()
+        if not args.no_crds:
+            c.apply_crds(Path(os.environ.get("DISTML_REPO", Path.cwd())) / "crds")
+        kubeconfig = None
+        if args.service_account:
+            ns, _, sa = args.service_account.partition("/")
+            kubeconfig = c.token_kubeconfig(sa, ns)
+        pid = c.start_operator(8080, kubeconfig, *args.operator_args)
         print(f"operator running (pid {pid}); log: {c.logs / 'operator.log'}")
+    elif args.cmd == "prometheus":
+        pid = c.start_prometheus(args.port)
+        print(f"prometheus running (pid {pid}) on http://127.0.0.1:{args.port}")
     elif args.cmd == "dcgm":
         from distml.localcluster import dcgm
 

@@ -426,12 +426,28 @@ class LocalCluster:
         for name in out.split():
             self._wait(f"{name} Established", functools.partial(established, name), timeout)
 
-    def start_operator(self, metrics_port: int = 8080) -> int:
+    def token_kubeconfig(self, service_account: str, namespace: str) -> Path:
+        """A kubeconfig for this cluster that authenticates as a ServiceAccount, with a token from
+        the TokenRequest API, as a pod of that ServiceAccount would."""
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, "--duration=24h"
+        ).strip()
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": service_account, "user": {"token": token}}]
+        config["contexts"][0]["context"]["user"] = service_account
+        path = self.root / f"kubeconfig-{namespace}-{service_account}"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def start_operator(
+        self, metrics_port: int = 8080, kubeconfig: Path | None = None, *args: str
+    ) -> int:
         """Runs `python -m distml` against this cluster until `down`; reused while it runs."""
         pid = processes.running_pid(self._pids / "operator.pid")
         if pid is not None:
             return pid
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
         return processes.start(
             "operator",
             [
@@ -440,10 +456,48 @@ class LocalCluster:
                 "distml",
                 f"--metrics-port={metrics_port}",
                 "--liveness=",
+                *args,
             ],
             self._pids,
             self.logs,
             env=env,
+        )
+
+    def start_prometheus(self, port: int = 9090, operator_port: int = 8080) -> int:
+        """Debian's Prometheus (bin/prometheus from `make tools`), scraping the operator and every
+        pod on a process node that declares a port named `metrics`."""
+        pid = processes.running_pid(self._pids / "prometheus.pid")
+        if pid is not None:
+            return pid
+        folder = self.root / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Debian builds Prometheus without Kubernetes discovery: the process nodes' agents
+        # write their pods' metrics endpoints into file_sd files instead.
+        pods = {
+            "job_name": "pods",
+            "scrape_interval": "2s",
+            "file_sd_configs": [
+                {"files": [str(folder / "targets" / "*.json")], "refresh_interval": "2s"}
+            ],
+        }
+        operator = {
+            "job_name": "distml-operator",
+            "scrape_interval": "2s",
+            "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}],
+        }
+        config = folder / "prometheus.yml"
+        config.write_text(yaml.safe_dump({"scrape_configs": [operator, pods]}, sort_keys=False))
+        return processes.start(
+            "prometheus",
+            [
+                self._bin("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            self._pids,
+            self.logs,
         )
 
     def down(self, quiet: bool = False) -> list[str]:

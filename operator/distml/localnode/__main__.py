@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         images=image_contracts(repo),
         venv_bin=Path(sys.executable).parent,
         tls=tls,
+        targets_file=root / "prometheus" / "targets" / f"{name}.json",
     )
     asyncio.run(node_agent.run())
     return 0

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -254,6 +255,7 @@ class NodeAgent:
         images: dict[str, pods.ImageContract],
         venv_bin: Path,
         tls: tuple[Path, Path] | None = None,
+        targets_file: Path | None = None,
     ) -> None:
         self.kube = kube
         self.node = node
@@ -264,6 +266,8 @@ class NodeAgent:
         self.images = images
         self.venv_bin = venv_bin
         self.tls = tls
+        self.targets_file = targets_file
+        self._targets = ""
         self.gpus = int(node["status"]["capacity"].get(pods.GPU, 0))
         self.free_gpus = list(range(self.gpus))
         self.all_pods: dict[str, Obj] = {}  # uid -> pod, every node's (for the hosts file)
@@ -351,6 +355,7 @@ class NodeAgent:
 
     def release(self, runner: PodRunner) -> None:
         self.finished.add(runner.uid)
+        self._wake.set()  # its scrape target goes
         self.free_gpus = sorted({*self.free_gpus, *runner.devices})
         runner.devices = []
 
@@ -366,6 +371,18 @@ class NodeAgent:
                 f.truncate(0)
                 f.write(text)
             self._hosts = text
+
+    def _write_targets(self) -> None:
+        if self.targets_file is None:
+            return
+        running = [r.pod for r in self.runners.values() if not r.done.is_set()]
+        text = json.dumps(pods.scrape_targets(self.net.address, running), indent=1)
+        if text != self._targets:
+            self.targets_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.targets_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.targets_file)  # Prometheus never reads half a file
+            self._targets = text
 
     def _on_pod(self, kind: str, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
@@ -407,6 +424,7 @@ class NodeAgent:
             runner = PodRunner(self, pod, devices)
             self.runners[uid] = runner
             self.spawn(runner.run())
+        self._write_targets()
 
     async def _delete(self, runner: PodRunner, pod: Obj) -> None:
         grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 30)

@@ -291,3 +291,21 @@ def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj]) -> str:
     # without these lines each lookup misses and warns.
     mapped = [f"::ffff:{li.split()[0]} {li.split()[1]}" for li in lines[2:]]
     return "\n".join([*lines, *mapped]) + "\n"
+
+
+def scrape_targets(node_ip: str, pods: Iterable[Obj]) -> list[Obj]:
+    """Prometheus file_sd entries for the running pods that declare a port named `metrics` (what
+    a kubernetes_sd pod role with a keep-on-port-name rule would find)."""
+    out = []
+    for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+        ports = [
+            port["containerPort"]
+            for c in pod["spec"].get("containers", [])
+            for port in c.get("ports") or []
+            if port.get("name") == "metrics"
+        ]
+        if ports:
+            meta = pod["metadata"]
+            labels = {"namespace": meta["namespace"], "pod": meta["name"]}
+            out.append({"targets": [f"{node_ip}:{p}" for p in ports], "labels": labels})
+    return out

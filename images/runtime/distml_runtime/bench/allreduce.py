@@ -200,7 +200,8 @@ def serve_metrics(results: list[Result], port: int, seconds: float) -> None:
         algbw.labels(*key).set(r.algbw_gbps)
         took.labels(*key).set(r.time_us / 1e6)
         wrong.labels(*key).set(r.wrong)
-    start_http_server(port)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        start_http_server(port)  # else the launcher already serves every worker's metrics there
     print(f"# metrics on :{port}/metrics for {seconds:.0f}s", flush=True)
     time.sleep(seconds)
 
