@@ -8,6 +8,7 @@ PY       := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 NODES    ?= 4
 GPUS     ?= 8
+PROC_NODES ?= 0
 PYTEST_ARGS ?=
 export DISTML_REPO := $(CURDIR)
 
@@ -32,8 +33,9 @@ venv: $(VENV)/.installed ## create the venv with pinned dependencies
 tools: ## build (or reuse) etcd, kube-*, kubectl, kwok and helm into bin/
 	@bash hack/build-tools.sh
 
-cluster: venv tools ## start the local GPU cluster (NODES=4 GPUS=8); no-op while it is up
-	@$(PY) -m distml.localcluster up --nodes $(NODES) --gpus-per-node $(GPUS)
+cluster: venv tools ## start the local GPU cluster (NODES=4 GPUS=8 KWOK nodes, PROC_NODES=0 process nodes)
+	@$(PY) -m distml.localcluster up --nodes $(NODES) --gpus-per-node $(GPUS) \
+	  --process-nodes $(PROC_NODES) --process-gpus $(GPUS)
 
 cluster-down: ## stop every process of the local cluster
 	@if [ -x $(PY) ]; then $(PY) -m distml.localcluster down; fi
@@ -60,7 +62,7 @@ test-runtime: venv ## runtime tests (multi-process torch.distributed on gloo)
 test: venv tools lint ## every test layer; the last line is pytest's summary
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: venv tools ## the main job on the embedded local GPU cluster
+demo: venv tools ## real DDP training on 2 process nodes of the local cluster, then the all-reduce job
 	@bash hack/demo.sh
 
 clean: cluster-down ## remove the venv, bin/ links and cluster state (the tool cache stays)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from distml.localcluster import processes
 from distml.localcluster.cluster import LocalCluster
 from distml.localcluster.nodes import ClusterShape, NodeShape
 
@@ -26,6 +27,10 @@ def cluster() -> Iterator[LocalCluster]:
     c = LocalCluster(root=REPO / ".cluster", bin_dir=REPO / "bin")
     started = not c.is_up()
     c.up(ClusterShape(nodes=int(os.environ.get("NODES", "4"))), NodeShape())
+    # A demo's operator would reconcile the tests' jobs too, and its process nodes would add
+    # GPUs the tests do not count on.
+    processes.stop_all(c.root / "pids", [], only="operator")
+    c.sync_process_nodes(0)
     yield c
     if started and not os.environ.get("DISTML_KEEP_CLUSTER"):
         c.down()

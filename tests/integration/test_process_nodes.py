@@ -222,3 +222,100 @@ def test_slow_link_fails_the_preflight_at_once_and_names_it(
     assert st.get("restarts", 0) == 0
     assert not list(checkpoints[1].glob("step-*.pt"))  # it never trained
     assert took < 120
+
+
+def _pod(name: str, node: str, command: str, **spec) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "containers": [
+                {"name": "c", "image": "distml-runtime:0.1.0",
+                 "command": ["python", "-c", command],
+                 "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def test_process_node_runs_pods_as_kubelet_would(process_nodes, core, namespace):
+    """Restarts with restartCount, GPUs and hostnames, DNS of another node's pod, and a pod that
+    ignores SIGTERM killed after its grace period."""
+    a, b = process_nodes[0], process_nodes[1]
+    server = _pod(
+        "server", b,
+        "import socket, time\ns = socket.create_server(('0.0.0.0', 7070))\ntime.sleep(600)",
+        hostname="srv", subdomain="grp",
+    )  # fmt: skip
+    core.create_namespaced_pod(namespace, server)
+    flaky = _pod(
+        "flaky", a,
+        "import os, socket, sys\n"
+        "marker = sys.argv[1] + '/tried'\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close(); sys.exit(7)\n"
+        "print(socket.gethostname(), os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
+        f"socket.create_connection(('srv.grp.{namespace}.svc.cluster.local', 7070), 30)\n"
+        "print('reached the server on another node', flush=True)\n",
+        restartPolicy="OnFailure", hostname="flk",
+    )  # fmt: skip
+    flaky["spec"]["containers"][0]["args"] = ["/scratch"]
+    wait_for(
+        "server running",
+        lambda: core.read_namespaced_pod("server", namespace).status.phase == "Running",
+    )
+    core.create_namespaced_pod(namespace, flaky)
+    pod = wait_for(
+        "flaky Succeeded",
+        lambda: (
+            (p := core.read_namespaced_pod("flaky", namespace)).status.phase == "Succeeded" and p
+        ),
+        timeout=60,
+    )
+    (cs,) = pod.status.container_statuses
+    assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 7
+    assert pod.status.pod_ip == "10.242.0.10" and pod.spec.node_name == a
+    log = core.read_namespaced_pod_log("flaky", namespace, container="c")
+    assert "flk 0\n" in log or "flk 1\n" in log  # its own hostname, one GPU of the node
+    assert "reached the server on another node" in log
+
+    stubborn = _pod(
+        "stubborn", a,
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(600)",
+        terminationGracePeriodSeconds=2,
+    )  # fmt: skip
+    core.create_namespaced_pod(namespace, stubborn)
+    try:
+        core.read_namespaced_pod_log("stubborn", namespace, container="c")
+    except client.ApiException as err:  # asked before it started: kubelet's own answer
+        assert err.status == 400 and "is waiting to start" in err.body
+    wait_for(
+        "stubborn running",
+        lambda: core.read_namespaced_pod("stubborn", namespace).status.phase == "Running",
+    )
+    wait_for(
+        "stubborn ready",
+        lambda: (
+            "ready" in (core.read_namespaced_pod_log("stubborn", namespace, container="c") or "")
+        ),
+        timeout=60,
+    )
+    t0 = time.monotonic()
+    core.delete_namespaced_pod("stubborn", namespace)
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("stubborn", namespace)
+        except client.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for("stubborn deleted", gone, timeout=30)
+    assert 2 <= time.monotonic() - t0 < 10  # SIGTERM ignored: SIGKILL after the grace period

@@ -63,6 +63,14 @@ def test_operator_deployment_meets_the_restricted_pod_security_standard():
     assert container["image"] == "ghcr.io/distml/distml-operator:0.1.0"
 
 
+def test_zero_replicas_installs_everything_for_an_operator_run_elsewhere():
+    docs = render("replicas=0")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == 0
+    assert by_kind(docs, "ServiceAccount") and by_kind(docs, "ClusterRoleBinding")
+    assert not by_kind(docs, "ClusterKopfPeering")
+
+
 def test_more_than_one_replica_runs_with_kopf_peering_so_exactly_one_is_active():
     docs = render()
     (deploy,) = by_kind(docs, "Deployment")
@@ -155,7 +163,7 @@ def test_monitors_appear_only_where_the_prometheus_operator_is():
     [
         (("bogus=1",), "additional properties 'bogus' not allowed"),
         (("replicas=two",), "/replicas"),
-        (("replicas=0",), "/replicas"),
+        (("replicas=-1",), "/replicas"),
         (("image.pullPolicy=Sometimes",), "/image/pullPolicy"),
         (("watchNamespaces={Team_A}",), "/watchNamespaces/0"),
         (("prometheus.serviceMonitor.enabled=maybe",), "/prometheus/serviceMonitor/enabled"),

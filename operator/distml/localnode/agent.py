@@ -486,10 +486,27 @@ class NodeAgent:
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
         ns, name, container = (request.match_info[k] for k in ("ns", "pod", "container"))
         runner = self._runner(ns, name)
+        state = runner.state(container) if runner else None
+        if runner and state is None:
+            raise web.HTTPBadRequest(text=f"container {container} is not valid for pod {name}")
+        if state and state.state == "waiting" and state.restarts == 0:
+            raise web.HTTPBadRequest(  # kubelet's answer, which kubectl shows as it is
+                text=f'container "{container}" in pod "{name}" is waiting to start: {state.reason}'
+            )
         path = runner.log_path(container) if runner else None
         if path is None:
             found = sorted((self.root / "pods").glob(f"{ns}_{name}_*/{container}.log"))
             path = found[-1] if found else None
+        bound = any(
+            (p["metadata"]["namespace"], p["metadata"]["name"]) == (ns, name)
+            and p["spec"].get("nodeName") == self.name
+            for p in self.all_pods.values()
+        )
+        if (path is None or not path.exists()) and bound:
+            raise web.HTTPBadRequest(
+                text=f'container "{container}" in pod "{name}" is waiting to start: '
+                "ContainerCreating"
+            )
         if path is None or not path.exists():
             raise web.HTTPNotFound(text=f"no log for {ns}/{name}/{container} on {self.name}")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -500,7 +517,6 @@ class NodeAgent:
             if tail:
                 data = b"".join(data.splitlines(keepends=True)[-int(tail) :])
             await resp.write(data)
-            state = runner.state(container) if runner else None
             while request.query.get("follow") == "true" and runner and state:
                 chunk = f.read()
                 if chunk:
