@@ -376,6 +376,8 @@ class LocalCluster:
         running = self.process_agents()
         if count and (why := network.available()):
             raise RuntimeError(why)
+        if count:
+            network.ensure_bridge()
         for index in sorted(i for i in running if i >= count):
             processes.stop_all(self._pids, [], only=f"{AGENT}{index}")
             network.teardown(network.NodeNet.of(index))

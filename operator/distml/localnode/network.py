@@ -97,10 +97,13 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
 
 
 def ensure_bridge() -> None:
-    if _link_exists(BRIDGE):
-        return
-    _run("ip", "link", "add", BRIDGE, "type", "bridge")
-    _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.prefixlen}", "dev", BRIDGE)
+    """Idempotent, and safe when several agents start at once: each step may find its work done
+    by another, and only what is still missing afterwards is an error."""
+    _run("ip", "link", "add", BRIDGE, "type", "bridge", check=False)
+    if not _link_exists(BRIDGE):
+        raise NetworkError(f"cannot create bridge {BRIDGE}")
+    gateway = f"{GATEWAY}/{SUBNET.prefixlen}"
+    _run("ip", "addr", "replace", gateway, "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
 
 
