@@ -149,7 +149,7 @@ def test_worker_killed_mid_training_restarts_and_resumes_from_its_checkpoint(
 
 
 def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
-    process_nodes, operator, core, custom, namespace, checkpoints, capsys
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, folder = checkpoints
     jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1))
@@ -157,7 +157,7 @@ def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
     victim = next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
     node = victim.spec.node_name
     t0 = time.monotonic()
-    faults.node_cut(node)
+    faults.node_cut(cluster, node)
     try:
         jobs.wait_phase(custom, namespace, "ddp", "Restarting", timeout=90)
         noticed = time.monotonic() - t0
@@ -181,7 +181,7 @@ def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
             )
         jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
     finally:
-        faults.node_cut(node, off=False)
+        faults.node_cut(cluster, node, off=False)
     # Back on the network, the node stops the processes of the pod deleted while it was away.
     wait_for("the orphaned worker to stop", lambda: not _pids_in(folder), timeout=60)
 
@@ -194,10 +194,10 @@ def _pids_in(folder: Path) -> list[int]:
 
 
 def test_slow_link_fails_the_preflight_at_once_and_names_it(
-    process_nodes, operator, core, custom, namespace, checkpoints
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints
 ):
     slow = process_nodes[2]
-    faults.link_rate(slow, "100mbit")
+    faults.link_rate(cluster, slow, "100mbit")
     try:
         body = ddp_job("slow", checkpoints[0], steps=1000, delay=0.1,
                        preflight={"allReduceBytes": 2 << 20, "minBusBwGbps": 1})  # fmt: skip
@@ -214,7 +214,7 @@ def test_slow_link_fails_the_preflight_at_once_and_names_it(
         st = jobs.wait_phase(custom, namespace, "slow", "Failed", timeout=180)
         took = time.monotonic() - t0
     finally:
-        faults.link_rate(slow, None)
+        faults.link_rate(cluster, slow, None)
     cond = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert cond["reason"] == "PreflightFailed"
     assert slow in cond["message"] and "below minBusBwGbps 1" in cond["message"]

@@ -154,13 +154,24 @@ def test_hosts_file_gives_pods_their_headless_service_names():
     assert "::ffff:10.242.0.11 job-1.job.team.svc.cluster.local" in lines
 
 
-def test_node_networks_get_distinct_names_and_addresses():
-    a, b = network.NodeNet.of(0), network.NodeNet.of(7)
-    assert (a.address, b.address) == ("10.242.0.10", "10.242.0.17")
+def test_node_networks_get_distinct_names_and_addresses(tmp_path):
+    cluster = network.ClusterNet.for_folder(tmp_path / "a" / ".cluster", "10.242.3.0/24")
+    other = network.ClusterNet.for_folder(tmp_path / "b" / ".cluster", "10.242.4.0/24")
+    a, b = cluster.node(0), cluster.node(7)
+    assert (a.address, b.address) == ("10.242.3.10", "10.242.3.17")
+    assert cluster.gateway == "10.242.3.1/24"
     assert a.netns != b.netns and a.host_veth != b.host_veth
-    assert all(len(n.host_veth) <= 15 for n in (a, b))
+    # Two checkouts' clusters on one machine share no name.
+    assert cluster.bridge != other.bridge and other.node(0).netns != a.netns
+    assert all(len(n) <= 15 for n in (a.host_veth, b.host_veth, cluster.bridge))
     with pytest.raises(ValueError, match="does not fit"):
-        network.NodeNet.of(250)
+        cluster.node(250)
+
+
+def test_each_cluster_takes_a_slash_24_nothing_on_the_machine_uses():
+    assert network.free_subnet(["127.0.0.1/8", "172.17.0.2/16"]) == "10.242.0.0/24"
+    used = ["10.242.0.1/24", "10.242.1.1/24", "10.242.2.17/28"]
+    assert network.free_subnet(used) == "10.242.3.0/24"
 
 
 def test_link_rates_are_checked_and_shaped_with_a_token_bucket():

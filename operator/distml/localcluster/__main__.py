@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "node-remove":
         faults.node_remove(c, args.node)
     elif args.cmd in ("node-cut", "node-restore"):
-        faults.node_cut(args.node, off=args.cmd == "node-cut")
+        faults.node_cut(c, args.node, off=args.cmd == "node-cut")
     elif args.cmd == "link-rate":
-        faults.link_rate(args.node, None if args.rate == "none" else args.rate)
+        faults.link_rate(c, args.node, None if args.rate == "none" else args.rate)
     return 0
 
 

@@ -18,11 +18,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from distml.localcluster import nodes, pki, processes
+
+if TYPE_CHECKING:
+    from distml.localnode.network import ClusterNet
 
 # Stop order: the simulators and controllers first, etcd last.
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
@@ -361,6 +364,17 @@ class LocalCluster:
 
     # --- process nodes ---------------------------------------------------------------------------
 
+    def node_network(self) -> ClusterNet:
+        """This cluster's process-node network; its /24 is chosen once, among those free on
+        this machine, and kept in state.json."""
+        from distml.localnode import network
+
+        state = self.state()
+        if not state.get("node_subnet"):
+            state["node_subnet"] = network.free_subnet(network.addresses_in_use())
+            self._state_file.write_text(json.dumps(state))
+        return network.ClusterNet.for_folder(self.root, state["node_subnet"])
+
     def process_agents(self) -> dict[int, int]:
         """{node index: agent pid} of the process-node agents that run."""
         alive = processes.running(self._pids)
@@ -376,18 +390,20 @@ class LocalCluster:
         running = self.process_agents()
         if count and (why := network.available()):
             raise RuntimeError(why)
+        net = self.node_network()
         if count:
-            network.ensure_bridge()
+            network.ensure_bridge(net)
         for index in sorted(i for i in running if i >= count):
             processes.stop_all(self._pids, [], only=f"{AGENT}{index}")
-            network.teardown(network.NodeNet.of(index))
+            network.teardown(net.node(index))
             self.kubectl("delete", "node", process_node_name(index), "--ignore-not-found")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         for index in range(count):
             if index in running:
                 continue
             argv = [sys.executable, "-m", "distml.localnode", f"--index={index}",
-                    f"--gpus={gpus}", f"--cluster-root={self.root}"]  # fmt: skip
+                    f"--gpus={gpus}", f"--cluster-root={self.root}",
+                    f"--subnet={net.subnet}"]  # fmt: skip
             if rate:
                 argv.append(f"--rate={rate}")
             processes.start(f"{AGENT}{index}", argv, self._pids, self.logs, env=env)
@@ -504,10 +520,10 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> list[str]:
         stopped = processes.stop_all(self._pids, STOP_ORDER)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and self.state().get("node_subnet"):
             from distml.localnode import network
 
-            network.teardown_all()
+            network.teardown_all(self.node_network())
         if not quiet:
             _say(f"stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
         return stopped

@@ -68,14 +68,14 @@ def node_remove(c: LocalCluster, node: str) -> None:
     c.kubectl("delete", f"node/{node}", "--wait=false")
 
 
-def node_cut(node: str, off: bool = True) -> None:
+def node_cut(c: LocalCluster, node: str, off: bool = True) -> None:
     """Cuts a process node off the network (its link goes down both ways; its agent stops
     heartbeating as a partitioned kubelet would), or restores it."""
-    network.cut(network.NodeNet.of(process_node_index(node)), off)
+    network.cut(c.node_network().node(process_node_index(node)), off)
 
 
-def link_rate(node: str, rate: str | None) -> None:
+def link_rate(c: LocalCluster, node: str, rate: str | None) -> None:
     """Shapes a process node's link to `rate` both ways (None: unshaped)."""
     if rate is not None:
         network.rate_bits(rate)
-    network.shape(network.NodeNet.of(process_node_index(node)), rate)
+    network.shape(c.node_network().node(process_node_index(node)), rate)

@@ -33,16 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", default=None, help="link bandwidth, e.g. 10gbit (default: unshaped)")
     ap.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     ap.add_argument("--cluster-root", type=Path, default=Path(".cluster"))
+    ap.add_argument("--subnet", default="10.242.0.0/24", help="the cluster's node network (/24)")
     args = ap.parse_args(argv)
     why = network.available()
     if why:
         print(f"distml.localnode: {why}", file=sys.stderr)
         return 2
-    net = network.NodeNet.of(args.index)
+    root = args.cluster_root.resolve()
+    net = network.ClusterNet.for_folder(root, args.subnet).node(args.index)
     network.setup(net, args.rate)
     node = agent.node_object(args.name_prefix, args.index, args.gpus)
     name = node["metadata"]["name"]
-    root = args.cluster_root.resolve()
     tls = pki.write_serving_cert(root / "pki", name, net.address)
     repo = Path(os.environ.get("DISTML_REPO", Path.cwd()))
     api = config.new_client_from_config(config_file=args.kubeconfig)

@@ -3,26 +3,26 @@
 share a server's; pods on different nodes talk over the veths, whose bandwidth `tc` can shape
 (token bucket) and whose host end can be taken down to cut the node off.
 
-Only this machine's own namespaces and a private /24 are used. Needs root (CAP_NET_ADMIN).
+Only this machine's own namespaces and a private /24 per cluster are used. Needs root
+(CAP_NET_ADMIN).
 
-The names and addresses are pure functions of the node's index (`NodeNet.of`); `setup`,
-`teardown`, `shape` and `cut` run `ip` and `tc`.
+The names and addresses are pure functions of the cluster and the node's index
+(`ClusterNet.node`); `setup`, `teardown`, `shape` and `cut` run `ip` and `tc`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-BRIDGE = "distml0"
-SUBNET = ipaddress.ip_network("10.242.0.0/24")
-GATEWAY = SUBNET.network_address + 1
+SUBNETS = ipaddress.ip_network("10.242.0.0/16")  # each cluster takes one free /24 of these
 FIRST_NODE = 10  # node i gets .10+i
-NETNS_PREFIX = "distml-"
 HOSTS_DIR = Path("/etc/netns")
 _RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
 _RATE_BITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
@@ -33,22 +33,64 @@ class NetworkError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ClusterNet:
+    """One local cluster's node network: its own bridge, namespaces and /24, named after the
+    cluster's folder, so the clusters of two checkouts on one machine (a demo and a CI run)
+    never meet."""
+
+    id: str  # 4 hex digits
+    subnet: str  # e.g. 10.242.7.0/24
+
+    @classmethod
+    def for_folder(cls, folder: Path, subnet: str) -> ClusterNet:
+        return cls(hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:4], subnet)
+
+    @property
+    def bridge(self) -> str:
+        return f"dml{self.id}"  # interface names are at most 15 characters
+
+    @property
+    def netns_prefix(self) -> str:
+        return f"distml-{self.id}-"
+
+    @property
+    def gateway(self) -> str:
+        return f"{ipaddress.ip_network(self.subnet).network_address + 1}/24"
+
+    def node(self, index: int) -> NodeNet:
+        net = ipaddress.ip_network(self.subnet)
+        if not 0 <= index < net.num_addresses - FIRST_NODE - 1:
+            raise ValueError(f"node index {index} does not fit in {self.subnet}")
+        return NodeNet(
+            index=index,
+            netns=f"{self.netns_prefix}{index}",
+            host_veth=f"dml{self.id}v{index}",
+            address=str(net.network_address + FIRST_NODE + index),
+            cluster=self,
+        )
+
+
+def free_subnet(in_use: Iterable[str]) -> str:
+    """The first /24 of SUBNETS that no address on this machine is in."""
+    taken = [ipaddress.ip_interface(a).network for a in in_use]
+    for candidate in SUBNETS.subnets(new_prefix=24):
+        if not any(candidate.overlaps(net) for net in taken):
+            return str(candidate)
+    raise NetworkError(f"every /24 of {SUBNETS} is in use on this machine")
+
+
+def addresses_in_use() -> list[str]:
+    out = _run("ip", "-o", "-4", "addr", "show", check=False).stdout
+    return [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]
+
+
+@dataclass(frozen=True)
 class NodeNet:
     index: int
     netns: str  # network namespace, also the name of its /etc/netns folder
     host_veth: str  # the bridge's end, in this machine's namespace
     address: str  # the node's (and its pods') IP
-
-    @classmethod
-    def of(cls, index: int) -> NodeNet:
-        if not 0 <= index < SUBNET.num_addresses - FIRST_NODE - 1:
-            raise ValueError(f"node index {index} does not fit in {SUBNET}")
-        return cls(
-            index=index,
-            netns=f"{NETNS_PREFIX}{index}",
-            host_veth=f"dmlv{index}",  # interface names are at most 15 characters
-            address=str(SUBNET.network_address + FIRST_NODE + index),
-        )
+    cluster: ClusterNet
 
     @property
     def hosts_file(self) -> Path:
@@ -96,32 +138,31 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
     return _run(*argv, check=False).returncode == 0
 
 
-def ensure_bridge() -> None:
+def ensure_bridge(cluster: ClusterNet) -> None:
     """Idempotent, and safe when several agents start at once: each step may find its work done
     by another, and only what is still missing afterwards is an error."""
-    _run("ip", "link", "add", BRIDGE, "type", "bridge", check=False)
-    if not _link_exists(BRIDGE):
-        raise NetworkError(f"cannot create bridge {BRIDGE}")
-    gateway = f"{GATEWAY}/{SUBNET.prefixlen}"
-    _run("ip", "addr", "replace", gateway, "dev", BRIDGE)
-    _run("ip", "link", "set", BRIDGE, "up")
+    _run("ip", "link", "add", cluster.bridge, "type", "bridge", check=False)
+    if not _link_exists(cluster.bridge):
+        raise NetworkError(f"cannot create bridge {cluster.bridge}")
+    _run("ip", "addr", "replace", cluster.gateway, "dev", cluster.bridge)
+    _run("ip", "link", "set", cluster.bridge, "up")
 
 
 def setup(net: NodeNet, rate: str | None = None) -> None:
     """Creates (or repairs) the node's namespace and link; idempotent."""
-    ensure_bridge()
+    ensure_bridge(net.cluster)
     added = _run("ip", "netns", "add", net.netns, check=False).returncode == 0
     if not added and net.netns not in _run("ip", "netns", "list").stdout.split():
         raise NetworkError(f"cannot create network namespace {net.netns}")
     if not _link_exists(net.host_veth):
         _run("ip", "link", "add", net.host_veth, "type", "veth", "peer", "name", "eth0", "netns",
              net.netns)  # fmt: skip
-        _run("ip", "-n", net.netns, "addr", "add", f"{net.address}/{SUBNET.prefixlen}", "dev",
-             "eth0")  # fmt: skip
-    _run("ip", "link", "set", net.host_veth, "master", BRIDGE, "up")
+        _run("ip", "-n", net.netns, "addr", "add", f"{net.address}/24", "dev", "eth0")
+    _run("ip", "link", "set", net.host_veth, "master", net.cluster.bridge, "up")
     _run("ip", "-n", net.netns, "link", "set", "lo", "up")
     _run("ip", "-n", net.netns, "link", "set", "eth0", "up")
-    _run("ip", "-n", net.netns, "route", "replace", "default", "via", str(GATEWAY))
+    gateway = net.cluster.gateway.split("/")[0]
+    _run("ip", "-n", net.netns, "route", "replace", "default", "via", gateway)
     net.hosts_file.parent.mkdir(parents=True, exist_ok=True)
     if not net.hosts_file.exists():
         net.hosts_file.write_text(f"127.0.0.1 localhost\n{net.address} {net.netns}\n")
@@ -172,13 +213,14 @@ def teardown(net: NodeNet) -> None:
         net.hosts_file.parent.rmdir()
 
 
-def teardown_all() -> list[str]:
-    """Removes every node namespace and the bridge; returns the namespaces removed."""
+def teardown_all(cluster: ClusterNet) -> list[str]:
+    """Removes this cluster's node namespaces and its bridge; returns the namespaces removed."""
+    prefix = cluster.netns_prefix
     names = [
         n for n in _run("ip", "netns", "list", check=False).stdout.split()
-        if n.startswith(NETNS_PREFIX) and n[len(NETNS_PREFIX):].isdigit()
+        if n.startswith(prefix) and n[len(prefix):].isdigit()
     ]  # fmt: skip
     for name in names:
-        teardown(NodeNet.of(int(name[len(NETNS_PREFIX) :])))
-    _run("ip", "link", "del", BRIDGE, check=False)
+        teardown(cluster.node(int(name[len(prefix) :])))
+    _run("ip", "link", "del", cluster.bridge, check=False)
     return names
