@@ -398,21 +398,26 @@ class LocalCluster:
             network.teardown(net.node(index))
             self.kubectl("delete", "node", process_node_name(index), "--ignore-not-found")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        changed = 0
         for index in range(count):
-            if index in running:
-                continue
             argv = [sys.executable, "-m", "distml.localnode", f"--index={index}",
                     f"--gpus={gpus}", f"--cluster-root={self.root}",
                     f"--subnet={net.subnet}"]  # fmt: skip
             if rate:
                 argv.append(f"--rate={rate}")
+            if index in running:
+                if processes.command_line(running[index])[1:] == argv[1:]:
+                    continue
+                # Another shape (GPUs, link rate): this node's agent starts again with it.
+                processes.stop_all(self._pids, [], only=f"{AGENT}{index}")
             processes.start(f"{AGENT}{index}", argv, self._pids, self.logs, env=env)
+            changed += 1
         self._wait(
             f"{count} process nodes Ready",
             lambda: self._ready_count("process") >= count,
             timeout,
         )
-        if count != len(running):
+        if changed or count != len(running):
             _say(f"{count} process nodes Ready (pods run as processes; logs in {self.logs})")
 
     def _ready_count(self, kind: str = "kwok") -> int:

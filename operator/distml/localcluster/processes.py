@@ -46,6 +46,15 @@ def _state(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[0]
 
 
+def command_line(pid: int) -> list[str]:
+    """The argv `pid` runs, [] when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     return _state(pid) not in ("Z", "X", "")
