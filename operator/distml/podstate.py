@@ -41,16 +41,20 @@ def generation(pod: Obj) -> int:
     return int(pod["metadata"]["labels"].get(labels.GENERATION, "0"))
 
 
-def exit_code(pod: Obj) -> int | None:
-    """The first non-zero exit code of a terminated container, init containers first (0 if all
-    exited 0)."""
+def _container_statuses(pod: Obj) -> list[Obj]:
+    """Init containers' statuses, then the containers'."""
     status = pod.get("status") or {}
-    statuses = [
+    return [
         *(status.get("initContainerStatuses") or []),
         *(status.get("containerStatuses") or []),
     ]
+
+
+def exit_code(pod: Obj) -> int | None:
+    """The first non-zero exit code of a terminated container, init containers first (0 if all
+    exited 0)."""
     codes = []
-    for cs in statuses:
+    for cs in _container_statuses(pod):
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
             "terminated"
         )
@@ -79,25 +83,21 @@ def init_result(pod: Obj, container: str) -> tuple[int, Obj | None] | None:
 
 def failure_reason(pod: Obj) -> str:
     status = pod.get("status") or {}
-    for cs in [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
-    ]:
+    for cs in _container_statuses(pod):
         term = (cs.get("state") or {}).get("terminated")
         if term and term.get("exitCode"):
             return str(term.get("reason") or "Error")
     return str(status.get("reason") or "Failed")
 
 
+def container_gpus(container: Obj) -> int:
+    res = container.get("resources") or {}
+    value = (res.get("limits") or {}).get(labels.GPU) or (res.get("requests") or {}).get(labels.GPU)
+    return int(value or 0)
+
+
 def gpu_request(pod: Obj) -> int:
-    total = 0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        value = (res.get("limits") or {}).get(labels.GPU) or (res.get("requests") or {}).get(
-            labels.GPU
-        )
-        total += int(value or 0)
-    return total
+    return sum(container_gpus(c) for c in (pod.get("spec") or {}).get("containers") or [])
 
 
 def node_ready(node: Obj) -> bool:

@@ -188,10 +188,6 @@ def render_chart(*sets: str, release: str = CHART_RELEASE) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
-def token_kubeconfig(cluster: LocalCluster, service_account: str, namespace: str) -> Path:
-    return cluster.token_kubeconfig(service_account, namespace)
-
-
 @pytest.fixture(scope="session")
 def chart_kubeconfig(cluster: LocalCluster, crds: None) -> Path:
     """A kubeconfig holding a token of the chart's own ServiceAccount, bound by the chart's own
@@ -208,7 +204,7 @@ def chart_kubeconfig(cluster: LocalCluster, crds: None) -> Path:
     cluster.kubectl("create", "namespace", CHART_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    return token_kubeconfig(cluster, sa, CHART_NAMESPACE)
+    return cluster.token_kubeconfig(sa, CHART_NAMESPACE)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from .conftest import CHART_NAMESPACE, OperatorProcess, render_chart, token_kubeconfig
+from .conftest import CHART_NAMESPACE, OperatorProcess, render_chart
 from .helpers import wait_for
 from .jobs import create, live_pods, status, training_job, wait_phase
 
@@ -169,7 +169,7 @@ def test_watch_namespaces_mode_runs_jobs_there_with_roles_and_ignores_other_name
     other = f"{namespace[:50]}-other"
     cluster.kubectl("create", "namespace", other)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    kubeconfig = token_kubeconfig(cluster, f"{release}-distml", CHART_NAMESPACE)
+    kubeconfig = cluster.token_kubeconfig(f"{release}-distml", CHART_NAMESPACE)
     operator.stop()
     scoped = OperatorProcess(
         kubeconfig, cluster.logs / "operator-namespaced.log", "--namespace", namespace

@@ -18,14 +18,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from distml.localcluster import nodes, pki, processes
-
-if TYPE_CHECKING:
-    from distml.localnode.network import ClusterNet
+from distml.localnode import network
 
 # Stop order: the simulators and controllers first, etcd last.
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
@@ -364,11 +362,9 @@ class LocalCluster:
 
     # --- process nodes ---------------------------------------------------------------------------
 
-    def node_network(self) -> ClusterNet:
+    def node_network(self) -> network.ClusterNet:
         """This cluster's process-node network; its /24 is chosen once, among those free on
         this machine, and kept in state.json."""
-        from distml.localnode import network
-
         state = self.state()
         if not state.get("node_subnet"):
             state["node_subnet"] = network.free_subnet(network.addresses_in_use())
@@ -385,8 +381,6 @@ class LocalCluster:
     ) -> None:
         """Runs `count` process nodes (proc-node-000...), each an agent process with its own
         network namespace; stops and deletes any beyond `count`; waits until all are Ready."""
-        from distml.localnode import network
-
         running = self.process_agents()
         if count and (why := network.available()):
             raise RuntimeError(why)
@@ -526,8 +520,6 @@ class LocalCluster:
     def down(self, quiet: bool = False) -> list[str]:
         stopped = processes.stop_all(self._pids, STOP_ORDER)
         if os.geteuid() == 0 and self.state().get("node_subnet"):
-            from distml.localnode import network
-
             network.teardown_all(self.node_network())
         if not quiet:
             _say(f"stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")

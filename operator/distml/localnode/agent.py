@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from distml import labels, podstate
 from distml.kube import AsyncWriter, Obj, WatchExpired
 from distml.localcluster import nodes
 from distml.localnode import network, pods
@@ -176,7 +177,7 @@ class PodRunner:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "HOSTNAME": self.pod["spec"].get("hostname") or self.key[1],
-            **pods.gpu_env(self.devices if pods.gpu_request(container) else []),
+            **pods.gpu_env(self.devices if podstate.container_gpus(container) else []),
         }
         for k, v in pods.container_env(container, self.pod, a.net.address).items():
             env[k] = pods.translate(v, paths)
@@ -210,13 +211,16 @@ class PodRunner:
         rc = await proc.wait()
         self.procs.pop(container["name"], None)
         code = pods.exit_code(rc)
-        tail = self.log_path(container["name"]).read_text(errors="replace")[-8192:]
+        policy = container.get("terminationMessagePolicy", "File")
+        written = term_file.read_text(errors="replace")
+        tail = ""
+        if policy == "FallbackToLogsOnError" and code and not written.strip():
+            with open(self.log_path(container["name"]), "rb") as f:
+                f.seek(max(f.seek(0, os.SEEK_END) - 8192, 0))
+                tail = f.read().decode(errors="replace")
         state.state, state.exit_code, state.finished_at = "terminated", code, _now()
         state.reason = "Completed" if code == 0 else "Error"
-        state.message = pods.termination_message(
-            term_file.read_text(errors="replace"), tail,
-            container.get("terminationMessagePolicy", "File"), code,
-        )  # fmt: skip
+        state.message = pods.termination_message(written, tail, policy, code)
         _log(f"pod {'/'.join(self.key)} container {container['name']} exited {code}")
         await self.push()
 
@@ -268,7 +272,7 @@ class NodeAgent:
         self.tls = tls
         self.targets_file = targets_file
         self._targets = ""
-        self.gpus = int(node["status"]["capacity"].get(pods.GPU, 0))
+        self.gpus = int(node["status"]["capacity"].get(labels.GPU, 0))
         self.free_gpus = list(range(self.gpus))
         self.all_pods: dict[str, Obj] = {}  # uid -> pod, every node's (for the hosts file)
         self.runners: dict[str, PodRunner] = {}  # uid -> runner of a pod bound here
@@ -419,7 +423,7 @@ class NodeAgent:
                 self.finished.add(uid)
                 self.spawn(PodRunner(self, pod, []).lost())
                 continue
-            want = sum(pods.gpu_request(c) for c in pod["spec"]["containers"])
+            want = podstate.gpu_request(pod)
             devices, self.free_gpus = self.free_gpus[:want], self.free_gpus[want:]
             runner = PodRunner(self, pod, devices)
             self.runners[uid] = runner

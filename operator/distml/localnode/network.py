@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "process nodes need root for network namespaces (ip netns, veth, tc)"
     for tool in ("ip", "tc", "unshare"):
-        if _run("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
+        if shutil.which(tool) is None:
             return f"process nodes need `{tool}` (Debian: iproute2, util-linux)"
     return None
 
@@ -177,8 +178,8 @@ def setup(net: NodeNet, rate: str | None = None) -> None:
 
 def shape(net: NodeNet, rate: str | None) -> None:
     """Limits the node's link to `rate` both ways (None: as fast as the veth goes)."""
-    for argv in (["ip", "netns", "exec", net.netns, "tc"], ["tc"]):
-        dev = "eth0" if len(argv) > 1 else net.host_veth
+    # Out of the node (its eth0, inside its namespace) and into it (the bridge's end).
+    for argv, dev in (([*net.exec_prefix(), "tc"], "eth0"), (["tc"], net.host_veth)):
         if rate is None:
             _run(*argv, "qdisc", "del", "dev", dev, "root", check=False)
         else:

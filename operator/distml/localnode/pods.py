@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 Obj = dict[str, Any]
-GPU = "nvidia.com/gpu"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 FALLBACK_LOG_LINES = 80
 MAX_MESSAGE = 4096
@@ -143,11 +142,6 @@ def translate(value: str, paths: Mapping[str, Path]) -> str:
         if value == mount or value.startswith(mount + "/"):
             return str(folder) + value[len(mount) :]
     return value
-
-
-def gpu_request(container: Obj) -> int:
-    res = container.get("resources") or {}
-    return int((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0)
 
 
 def gpu_env(devices: Iterable[int]) -> dict[str, str]:
