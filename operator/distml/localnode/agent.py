@@ -487,6 +487,12 @@ class NodeAgent:
     def _runner(self, namespace: str, name: str) -> PodRunner | None:
         return next((r for r in self.runners.values() if r.key == (namespace, name)), None)
 
+    async def _bound_here(self, namespace: str, name: str) -> bool:
+        """Whether the API server has bound the pod to this node. Asked of the API server, not
+        the watch cache: the request for logs can come before the watch event that binds it."""
+        code, pod = await self.kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return code == 200 and (pod.get("spec") or {}).get("nodeName") == self.name
+
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
         ns, name, container = (request.match_info[k] for k in ("ns", "pod", "container"))
         runner = self._runner(ns, name)
@@ -501,12 +507,7 @@ class NodeAgent:
         if path is None:
             found = sorted((self.root / "pods").glob(f"{ns}_{name}_*/{container}.log"))
             path = found[-1] if found else None
-        bound = any(
-            (p["metadata"]["namespace"], p["metadata"]["name"]) == (ns, name)
-            and p["spec"].get("nodeName") == self.name
-            for p in self.all_pods.values()
-        )
-        if (path is None or not path.exists()) and bound:
+        if (path is None or not path.exists()) and await self._bound_here(ns, name):
             raise web.HTTPBadRequest(
                 text=f'container "{container}" in pod "{name}" is waiting to start: '
                 "ContainerCreating"
