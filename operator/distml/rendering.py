@@ -10,7 +10,14 @@ import copy
 from typing import Any
 
 from distml import labels
-from distml.api.models import DEFAULT_MASTER_PORT, GROUP, KIND, VERSION, TrainingJobSpec
+from distml.api.models import (
+    DEFAULT_MASTER_PORT,
+    GROUP,
+    KIND,
+    VERSION,
+    DNSNames,
+    TrainingJobSpec,
+)
 
 PREFLIGHT_CONTAINER = "preflight"
 TERMINATION_LOG = "/dev/termination-log"
@@ -164,9 +171,14 @@ def render_worker_pod(
 
 
 def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict[str, Any]:
-    """Gives every worker a stable DNS name, published before pods are Ready, so rank 0's
-    rendezvous address resolves while the group is still starting."""
+    """Gives rank 0 (or, with dnsNames AllWorkers, every worker) a stable DNS name, published
+    before pods are Ready, so the rendezvous address resolves while the group is still starting.
+    Selecting rank 0 alone spares the control plane an endpoint update for every pod that starts:
+    other ranks need no name, as peers reach them at the addresses they publish in the store."""
     job = meta["name"]
+    selector = selector_labels(job)
+    if spec.dns_names != DNSNames.ALL_WORKERS:
+        selector[labels.RANK] = "0"
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -179,7 +191,7 @@ def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": selector_labels(job),
+            "selector": selector,
             "ports": [
                 {"name": "rendezvous", "port": spec.rendezvous_port, "protocol": "TCP"},
                 {"name": "master", "port": DEFAULT_MASTER_PORT, "protocol": "TCP"},

@@ -45,6 +45,8 @@ def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(
     assert svc.spec.cluster_ip == "None"
     env = {e.name: e.value for e in pods[0].spec.containers[0].env}
     assert env["PET_RDZV_ENDPOINT"] == f"ddp-0.ddp.{namespace}.svc.cluster.local:29400"
+    # Cluster DNS names rank 0, the rendezvous host, and no other rank (dnsNames: Rank0).
+    assert dns_hostnames(core, namespace, "ddp", 1) == ["ddp-0"]
 
     faults.exit_pod(cluster, namespace, pods[0].metadata.name, 0)
     time.sleep(2)
@@ -54,6 +56,36 @@ def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(
     assert st["succeeded"] == 2 and st["completionTime"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Succeeded"] == "True"
     assert jobs.event_reasons(core, namespace, "ddp")[-1] == "Succeeded"
+
+
+def dns_hostnames(core, ns: str, service: str, n: int) -> list[str]:
+    """The hostnames in the Service's EndpointSlices (what cluster DNS serves), once there are n."""
+    discovery = client.DiscoveryV1Api(core.api_client)
+
+    def names():
+        slices = discovery.list_namespaced_endpoint_slice(
+            ns, label_selector=f"kubernetes.io/service-name={service}"
+        ).items
+        found = sorted(e.hostname for s in slices for e in s.endpoints or [])
+        return found if len(found) >= n else None
+
+    wait_for(f"{n} DNS names for Service {service}", names, timeout=30)
+    time.sleep(1)  # the endpoint controller has seen every pod's address by now
+    return names()
+
+
+def test_all_workers_get_dns_names_when_asked_and_the_choice_is_fixed(
+    core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(2)
+    jobs.create(custom, namespace, jobs.training_job("mpi", 2, 8, sel, dnsNames="AllWorkers"))
+    running_pods(core, namespace, "mpi", 2)
+    assert dns_hostnames(core, namespace, "mpi", 2) == ["mpi-0", "mpi-1"]
+    with pytest.raises(client.ApiException) as err:
+        jobs.patch_spec(custom, namespace, "mpi", {"dnsNames": "Rank0"})
+    assert err.value.status == 422
+    message = json.loads(err.value.body)["message"]
+    assert "spec.dnsNames cannot change once the job exists" in message
 
 
 def test_gang_waits_queued_without_creating_a_pod_until_it_fits(
@@ -216,6 +248,7 @@ def test_suspend_releases_gpus_and_resume_starts_again(core, custom, namespace, 
         ),
         ({"parallelism": {"pipeline": 3}}, "must be divisible by spec.parallelism.pipeline"),
         ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy"),
+        ({"dnsNames": "Everyone"}, 'spec.dnsNames: Unsupported value: "Everyone"'),
     ],
 )
 def test_api_server_refuses_bad_specs_naming_the_field(custom, namespace, spec, message):

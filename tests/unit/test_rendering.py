@@ -116,13 +116,26 @@ def test_scheduler_name_passes_through():
     assert pod["spec"]["schedulerName"] == "volcano"
 
 
-def test_headless_service_publishes_not_ready_workers():
-    job = make_job().obj()
+def test_headless_service_names_rank_0_before_it_is_ready():
+    job = make_job().replicas(64).obj()
     svc = render_headless_service(job["metadata"], TrainingJobSpec.model_validate(job["spec"]))
     assert svc["metadata"]["name"] == "llm"
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
+    # Rank 0 of every generation, and no other rank: the gang's other 63 pods never touch it.
+    assert svc["spec"]["selector"] == {"distml.io/job-name": "llm", "distml.io/rank": "0"}
+    rank0 = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 3)
+    assert svc["spec"]["selector"].items() <= rank0["metadata"]["labels"].items()
+    assert rank0["spec"]["subdomain"] == svc["metadata"]["name"]
+
+
+def test_headless_service_names_every_worker_when_asked():
+    job = make_job().replicas(4).spec(dnsNames="AllWorkers").obj()
+    spec = TrainingJobSpec.model_validate(job["spec"])
+    svc = render_headless_service(job["metadata"], spec)
     assert svc["spec"]["selector"] == {"distml.io/job-name": "llm"}
+    pod = render_worker_pod(job["metadata"], spec, 3, 0)
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 
 def test_preflight_runs_first_with_one_process_per_pod_and_the_threshold():

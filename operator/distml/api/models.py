@@ -38,6 +38,11 @@ class CleanPodPolicy(StrEnum):
     NONE = "None"
 
 
+class DNSNames(StrEnum):
+    RANK0 = "Rank0"
+    ALL_WORKERS = "AllWorkers"
+
+
 class Phase(StrEnum):
     QUEUED = "Queued"
     CREATING = "Creating"
@@ -145,6 +150,15 @@ class TrainingJobSpec(_Model):
     parallelism: Parallelism | None = None
     preflight: Preflight | None = None
     rendezvous_port: int = Field(DEFAULT_RDZV_PORT, ge=1, le=65535)
+    dns_names: DNSNames = Field(
+        DNSNames.RANK0,
+        description="Which workers the job's headless Service names "
+        "(<job>-<rank>.<job>.<namespace>.svc). Rank0: rank 0 only, the rendezvous and "
+        "MASTER_ADDR address, all that torchrun and torch.distributed need; the Service's "
+        "endpoints then change with rank 0 alone, not with every pod of a big gang. AllWorkers: "
+        "every worker, for launchers that reach peers by name (MPI hostfiles, pdsh). Fixed once "
+        "the job exists.",
+    )
 
     @property
     def nproc(self) -> int:
@@ -234,6 +248,11 @@ SPEC_RULES: list[dict[str, str]] = [
         "message": "the world size (replicas x nprocPerReplica) must be divisible by "
         "spec.parallelism.pipeline x spec.parallelism.tensor",
         "fieldPath": ".parallelism",
+    },
+    {
+        "rule": "self.dnsNames == oldSelf.dnsNames",
+        "message": "spec.dnsNames cannot change once the job exists",
+        "fieldPath": ".dnsNames",
     },
     {
         "rule": "size(self.template.spec.containers) >= 1",
