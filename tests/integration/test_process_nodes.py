@@ -228,7 +228,7 @@ def _pod(name: str, node: str, command: str, **spec) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"app": name}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
@@ -254,6 +254,13 @@ def test_process_node_runs_pods_as_kubelet_would(process_nodes, core, namespace)
         hostname="srv", subdomain="grp",
     )  # fmt: skip
     core.create_namespaced_pod(namespace, server)
+    # Its name resolves on other nodes through a headless Service, as cluster DNS would have it.
+    core.create_namespaced_service(
+        namespace,
+        {"metadata": {"name": "grp"},
+         "spec": {"clusterIP": "None", "selector": {"app": "server"},
+                  "ports": [{"port": 7070}]}},
+    )  # fmt: skip
     flaky = _pod(
         "flaky", a,
         "import os, socket, sys\n"

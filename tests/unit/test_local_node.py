@@ -131,27 +131,58 @@ def test_signal_deaths_exit_128_plus_the_signal_and_failures_fall_back_to_the_lo
     assert pods.termination_message('{"ok":1}', log, "FallbackToLogsOnError", 1) == '{"ok":1}'
 
 
-def test_hosts_file_gives_pods_their_headless_service_names():
-    def pod(name, host, node, ip=None, phase="Running"):
+def test_hosts_file_names_the_pods_a_headless_service_selects():
+    def pod(name, host, node, ip=None, phase="Running", rank="0", ready=True):
         return {
-            "metadata": {"name": name, "namespace": "team"},
+            "metadata": {"name": name, "namespace": "team", "labels": {"job": "a", "rank": rank}},
             "spec": {"hostname": host, "subdomain": "job", "nodeName": node},
-            "status": {"phase": phase, **({"podIP": ip} if ip else {})},
+            "status": {
+                "phase": phase,
+                "conditions": [{"type": "Ready", "status": str(ready)}],
+                **({"podIP": ip} if ip else {}),
+            },
         }
 
+    def service(selector, name="job", namespace="team", not_ready=False, cluster_ip="None"):
+        return {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterIP": cluster_ip, "selector": selector,
+                     "publishNotReadyAddresses": not_ready},
+        }  # fmt: skip
+
+    everyone = [service({"job": "a"})]
     text = pods.hosts_file("proc-node-000", "10.242.0.10", [
         pod("w0", "job-0", "proc-node-000"),  # here: known before its status has an IP
         pod("w1", "job-1", "proc-node-001", "10.242.0.11"),
         pod("w2", "job-2", "proc-node-001"),  # elsewhere and no IP yet: not resolvable
         pod("old", "job-3", "proc-node-001", "10.242.0.11", phase="Failed"),
-    ])  # fmt: skip
+    ], everyone)  # fmt: skip
     lines = text.splitlines()
     assert "10.242.0.10 job-0.job.team.svc.cluster.local job-0.job.team.svc job-0" in lines
     assert "10.242.0.11 job-1.job.team.svc.cluster.local job-1.job.team.svc" in lines
     assert "job-2" not in text and "job-3" not in text
-    # After the pods, so reverse lookups of the node's address name a pod every node resolves.
+    # After the pods, so reverse lookups of the node's address name a pod.
     assert lines.index("10.242.0.10 proc-node-000") == 4
     assert "::ffff:10.242.0.11 job-1.job.team.svc.cluster.local" in lines
+
+    # Another node's pod has a name only if a headless Service named after its subdomain, in
+    # its namespace, selects it, and it is ready or the Service publishes not-ready addresses.
+    remote = [pod("w1", "job-1", "proc-node-001", "10.242.0.11", rank="1", ready=False)]
+    named = {
+        "rank 0 only": [service({"job": "a", "rank": "0"}, not_ready=True)],
+        "other name": [service({"job": "a"}, name="other", not_ready=True)],
+        "other namespace": [service({"job": "a"}, namespace="prod", not_ready=True)],
+        "not headless": [service({"job": "a"}, not_ready=True, cluster_ip="10.96.0.9")],
+        "not ready": [service({"job": "a"})],
+        "no Service": [],
+    }
+    for why, services in named.items():
+        assert "job-1" not in pods.hosts_file("proc-node-000", "10.0.0.1", remote, services), why
+    ok = [service({"job": "a", "rank": "1"}, not_ready=True)]
+    assert "job-1.job.team.svc" in pods.hosts_file("proc-node-000", "10.0.0.1", remote, ok)
+    # A pod on this node keeps its own names, as kubelet writes them into its hosts.
+    local = [pod("w1", "job-1", "proc-node-000", rank="1")]
+    assert "job-1.job.team.svc" in pods.hosts_file("proc-node-000", "10.0.0.1", local, [])
 
 
 def test_node_networks_get_distinct_names_and_addresses(tmp_path):

@@ -275,6 +275,7 @@ class NodeAgent:
         self.gpus = int(node["status"]["capacity"].get(labels.GPU, 0))
         self.free_gpus = list(range(self.gpus))
         self.all_pods: dict[str, Obj] = {}  # uid -> pod, every node's (for the hosts file)
+        self.services: dict[str, Obj] = {}  # uid -> Service (which pods DNS names)
         self.runners: dict[str, PodRunner] = {}  # uid -> runner of a pod bound here
         self.finished: set[str] = set()  # uids whose containers have all ended
         self.cut = False
@@ -368,7 +369,9 @@ class NodeAgent:
             await asyncio.sleep(0.5)
 
     def _write_hosts(self) -> None:
-        text = pods.hosts_file(self.name, self.net.address, self.all_pods.values())
+        text = pods.hosts_file(
+            self.name, self.net.address, self.all_pods.values(), self.services.values()
+        )
         if text != self._hosts:
             # In place, not by rename: `ip netns exec` bind-mounted this very inode.
             with open(self.net.hosts_file, "r+" if self.net.hosts_file.exists() else "w") as f:
@@ -387,14 +390,6 @@ class NodeAgent:
             tmp.write_text(text)
             tmp.replace(self.targets_file)  # Prometheus never reads half a file
             self._targets = text
-
-    def _on_pod(self, kind: str, pod: Obj) -> None:
-        uid = pod["metadata"]["uid"]
-        if kind == "DELETED":
-            self.all_pods.pop(uid, None)
-        else:
-            self.all_pods[uid] = pod
-        self._wake.set()
 
     async def sync(self) -> None:
         """Level-triggered: starts pods bound here, stops deleted ones, finishes deletions."""
@@ -443,16 +438,27 @@ class NodeAgent:
             "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body
         )
 
-    async def follow(self) -> None:
+    async def follow(self, path: str, store: dict[str, Obj]) -> None:
+        """Keeps `store` (uid -> object) a copy of every object at `path`, waking the sync on
+        each change: LIST, then WATCH on from there; LIST again when the watch expires or fails
+        and when the link comes back."""
+
+        def on_event(kind: str, obj: Obj) -> None:
+            uid = obj["metadata"]["uid"]
+            if kind == "DELETED":
+                store.pop(uid, None)
+            else:
+                store[uid] = obj
+            self._wake.set()
+
         while True:
             try:
-                items, version = await self.kube.list_objects("/api/v1/pods")
-                self.all_pods = {p["metadata"]["uid"]: p for p in items}
+                items, version = await self.kube.list_objects(path)
+                store.clear()
+                store.update((o["metadata"]["uid"], o) for o in items)
                 self._wake.set()
                 while not self.cut:
-                    watch = asyncio.create_task(
-                        self.kube.watch_objects("/api/v1/pods", version, self._on_pod)
-                    )
+                    watch = asyncio.create_task(self.kube.watch_objects(path, version, on_event))
                     resync = asyncio.create_task(self._wait_resync())
                     done, _ = await asyncio.wait(
                         {watch, resync}, return_when=asyncio.FIRST_COMPLETED
@@ -465,7 +471,7 @@ class NodeAgent:
             except WatchExpired:
                 continue
             except Exception as err:
-                _log(f"pod watch: {type(err).__name__}: {err}; listing again")
+                _log(f"watch of {path}: {type(err).__name__}: {err}; listing again")
                 await asyncio.sleep(1.0)
             while self.cut:
                 await asyncio.sleep(0.5)
@@ -557,7 +563,12 @@ class NodeAgent:
             loop.add_signal_handler(sig, stop.set)
         tasks = [
             asyncio.create_task(t)
-            for t in (self.heartbeats(), self.follow(), self.reconcile_loop())
+            for t in (
+                self.heartbeats(),
+                self.follow("/api/v1/pods", self.all_pods),
+                self.follow("/api/v1/services", self.services),
+                self.reconcile_loop(),
+            )
         ]
         await stop.wait()
         _log(f"stopping: ending {len(self.runners)} pods' processes")

@@ -261,13 +261,38 @@ def pod_status(
 # --- names -------------------------------------------------------------------------------------
 
 
-def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj]) -> str:
-    """/etc/hosts for one node's namespace: the DNS names a headless Service gives each pod with a
-    hostname and subdomain (hostname.subdomain.namespace.svc.cluster.local), then the node. Pods
-    on this node are listed before their status has an IP (it is the node's) and also get their
-    short hostname, as kubelet writes it into each pod's hosts. Pod lines come first, so a reverse
-    lookup of a node's IP gives a pod's name, which every node can resolve (torchrun advertises
-    its host by that name)."""
+def named_by_service(pod: Obj, services: Iterable[Obj]) -> bool:
+    """Whether cluster DNS has a name for the pod: a headless Service named after its subdomain
+    selects it, and it is ready or the Service publishes not-ready addresses."""
+    meta, spec = pod["metadata"], pod["spec"]
+    pod_labels = meta.get("labels") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+    for svc in services:
+        s = svc.get("spec") or {}
+        selector = s.get("selector") or {}
+        if (
+            svc["metadata"]["namespace"] == meta["namespace"]
+            and svc["metadata"]["name"] == spec.get("subdomain")
+            and s.get("clusterIP") == "None"
+            and selector
+            and selector.items() <= pod_labels.items()
+            and (ready or s.get("publishNotReadyAddresses"))
+        ):
+            return True
+    return False
+
+
+def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj], services: Iterable[Obj]) -> str:
+    """/etc/hosts for one node's namespace: the DNS names a headless Service gives the pods it
+    selects (hostname.subdomain.namespace.svc.cluster.local), then the node. Pods on this node
+    get theirs whatever the Services say, as kubelet writes a pod's own names into its hosts, and
+    are listed before their status has an IP (it is the node's); they share one file, so they
+    see each other's names too. Pod lines come first, so a reverse lookup of a node's IP gives a
+    pod's name."""
+    services = list(services)
     lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         spec, status = pod["spec"], pod.get("status") or {}
@@ -276,6 +301,8 @@ def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj]) -> str:
         ip = node_ip if here else status.get("podIP")
         gone = status.get("phase") in ("Succeeded", "Failed")
         if not (host and sub and ip) or gone or pod["metadata"].get("deletionTimestamp"):
+            continue
+        if not (here or named_by_service(pod, services)):
             continue
         base = f"{host}.{sub}.{pod['metadata']['namespace']}.svc"
         names = [f"{base}.cluster.local", base, *([host] if here else [])]
