@@ -106,6 +106,18 @@ def test_launcher_exit_code_says_whether_a_restart_can_help(program, code):
     assert done.returncode == code, done.stderr[-2000:]
 
 
+def test_a_worker_that_aborts_logs_where_it_was():
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("PYTHONFAULTHANDLER", None)
+    program = "import os\ndef tidy_up():\n    os.abort()\ntidy_up()\n"
+    done = subprocess.run(
+        [*LAUNCH, "python", "-c", program], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 134  # 128 + SIGABRT: retryable
+    assert "Fatal Python error: Aborted" in done.stderr
+    assert "line 3 in tidy_up" in done.stderr
+
+
 def test_launcher_forwards_sigterm_so_training_checkpoints(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(

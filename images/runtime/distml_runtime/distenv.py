@@ -4,6 +4,7 @@ local ranks on this machine (for tests, benchmarks and laptops)."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import socket
 import sys
@@ -79,6 +80,7 @@ def _spawned(
         }
     )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    faulthandler.enable()  # a rank that dies of a signal logs its Python stacks, as under launch
     torch.set_num_threads(1)
     try:
         fn(*args)

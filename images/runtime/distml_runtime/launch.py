@@ -7,6 +7,8 @@ PET_NPROC_PER_NODE, PET_NODE_RANK, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT, PET_RDZV
 PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torchrun it
 - serves /metrics for every worker (prometheus_client's multiprocess mode) on DISTML_METRICS_PORT;
 - passes SIGTERM on to the workers so they can checkpoint (torchrun's agent does the forwarding);
+- turns on Python's faulthandler in the workers, so one that dies of SIGABRT, SIGSEGV or the like
+  (a C++ library aborting, say) logs every thread's Python stack, and the log says where;
 - exits with a code that tells the operator whether a restart can help: 0 success; 128+N when a
   worker died of signal N (killed, OOM-killed, preempted: retryable); a worker's own exit code
   1-127 otherwise (an application error: restarting will not help); 75 (EX_TEMPFAIL) when the
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("give the program to run after --")
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     if args.metrics_port:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="distml-prom-"))
         try:
