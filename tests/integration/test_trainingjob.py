@@ -32,12 +32,8 @@ def running_pods(core, ns, name, n, gen=0):
     try:
         return wait_for(f"{n} Running pods of {name} generation {gen}", ok, timeout=60)
     except AssertionError as err:  # say what the job itself reports, for whoever reads the failure
-        status = jobs.status(custom_api(core), ns, name)
+        status = jobs.status(client.CustomObjectsApi(core.api_client), ns, name)
         raise AssertionError(f"{err}; the job's status: {status}") from None
-
-
-def custom_api(core):
-    return client.CustomObjectsApi(core.api_client)
 
 
 def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distml import podstate
+
 Obj = dict[str, Any]
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 FALLBACK_LOG_LINES = 80
@@ -261,28 +263,19 @@ def pod_status(
 # --- names -------------------------------------------------------------------------------------
 
 
-def named_by_service(pod: Obj, services: Iterable[Obj]) -> bool:
-    """Whether cluster DNS has a name for the pod: a headless Service named after its subdomain
-    selects it, and it is ready or the Service publishes not-ready addresses."""
-    meta, spec = pod["metadata"], pod["spec"]
-    pod_labels = meta.get("labels") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
+def named_by_service(pod: Obj, service: Obj | None) -> bool:
+    """Whether cluster DNS has a name for the pod through `service`, the Service named after its
+    subdomain in its namespace (None if there is none): the Service must be headless and select
+    the pod, and the pod be ready unless the Service publishes not-ready addresses."""
+    spec = (service or {}).get("spec") or {}
+    selector = spec.get("selector") or {}
+    pod_labels = pod["metadata"].get("labels") or {}
+    return (
+        spec.get("clusterIP") == "None"
+        and bool(selector)
+        and selector.items() <= pod_labels.items()
+        and bool(spec.get("publishNotReadyAddresses") or podstate.is_ready(pod))
     )
-    for svc in services:
-        s = svc.get("spec") or {}
-        selector = s.get("selector") or {}
-        if (
-            svc["metadata"]["namespace"] == meta["namespace"]
-            and svc["metadata"]["name"] == spec.get("subdomain")
-            and s.get("clusterIP") == "None"
-            and selector
-            and selector.items() <= pod_labels.items()
-            and (ready or s.get("publishNotReadyAddresses"))
-        ):
-            return True
-    return False
 
 
 def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj], services: Iterable[Obj]) -> str:
@@ -292,19 +285,19 @@ def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj], services: Iter
     are listed before their status has an IP (it is the node's); they share one file, so they
     see each other's names too. Pod lines come first, so a reverse lookup of a node's IP gives a
     pod's name."""
-    services = list(services)
+    by_name = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in services}
     lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         spec, status = pod["spec"], pod.get("status") or {}
+        ns = pod["metadata"]["namespace"]
         here = spec.get("nodeName") == node_name
         host, sub = spec.get("hostname"), spec.get("subdomain")
         ip = node_ip if here else status.get("podIP")
-        gone = status.get("phase") in ("Succeeded", "Failed")
-        if not (host and sub and ip) or gone or pod["metadata"].get("deletionTimestamp"):
+        if not (host and sub and ip) or podstate.is_terminal(pod) or podstate.is_deleting(pod):
             continue
-        if not (here or named_by_service(pod, services)):
+        if not (here or named_by_service(pod, by_name.get((ns, sub)))):
             continue
-        base = f"{host}.{sub}.{pod['metadata']['namespace']}.svc"
+        base = f"{host}.{sub}.{ns}.svc"
         names = [f"{base}.cluster.local", base, *([host] if here else [])]
         lines.append(f"{ip} {' '.join(names)}")
     lines.append(f"{node_ip} {node_name}")
