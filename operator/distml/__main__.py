@@ -18,6 +18,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from distml import podpolicy
 from distml.handlers.settings import NoDiffBase
 from distml.handlers.trainingjob import Operator, register
 from distml.kube import Kube
@@ -60,6 +61,32 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=float(os.environ.get("DISTML_BACKOFF_CAP_SECONDS", 300)),
     )
+    ap.add_argument(
+        "--backfill-seconds",
+        type=float,
+        default=float(os.environ.get("DISTML_BACKFILL_SECONDS", 300)),
+        help="how long the gang at the head of the queue lets smaller gangs start on GPUs it "
+        "cannot use yet; after that nothing that could use its nodes starts before it",
+    )
+    ap.add_argument(
+        "--pod-security-level",
+        choices=podpolicy.LEVELS,
+        default=os.environ.get("DISTML_POD_SECURITY_LEVEL", "baseline"),
+        help="Pod Security Standard worker pods must meet in a namespace without its own "
+        f"{podpolicy.ENFORCE_LABEL} label",
+    )
+    ap.add_argument(
+        "--allow-node-name",
+        action="store_true",
+        default=os.environ.get("DISTML_ALLOW_NODE_NAME", "") == "true",
+        help="let templates set nodeName (it bypasses the scheduler and the GPU ledger)",
+    )
+    ap.add_argument(
+        "--allowed-scheduler",
+        action="append",
+        default=[],
+        help="a schedulerName templates may use (repeatable; default-scheduler always)",
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -72,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         Settings(
             backoff_base_seconds=args.backoff_base_seconds,
             backoff_cap_seconds=args.backoff_cap_seconds,
+            backfill_seconds=args.backfill_seconds,
+            pod_rules=podpolicy.PodRules(
+                default_level=args.pod_security_level,
+                allow_node_name=args.allow_node_name,
+                allowed_schedulers=(podpolicy.DEFAULT_SCHEDULER, *args.allowed_scheduler),
+            ),
         ),
+        namespaces=tuple(args.namespace),
     )
     register(op)
 

@@ -45,11 +45,6 @@ class Kube:
         )
         return list(_json(resp)["items"])
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
-
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(
@@ -59,31 +54,13 @@ class Kube:
             if err.status != 404:
                 raise
 
-    def post_event(self, job: Obj, type_: str, reason: str, message: str, now: str) -> None:
-        meta = job["metadata"]
-        self.core.create_namespaced_event(
-            meta["namespace"],
-            {  # type: ignore[arg-type]
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "TrainingJob",
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta["uid"],
-                },
-                "type": type_,
-                "reason": reason,
-                "message": message[:1024],
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "count": 1,
-                "source": {"component": labels.OPERATOR},
-                "reportingComponent": labels.OPERATOR,
-                "reportingInstance": labels.OPERATOR,
-            },
-            _preload_content=False,
-        )
+
+def api_message(text: str) -> str:
+    """The `message` of a Kubernetes Status answer, else the text itself."""
+    try:
+        return str(json.loads(text).get("message") or text)
+    except (ValueError, AttributeError):
+        return text
 
 
 class WatchExpired(Exception):
@@ -125,23 +102,33 @@ class AsyncWriter:
             )
         return self._session
 
-    async def create(self, obj: Obj) -> bool:
-        """Creates a Pod or Service; False if it exists already (a repeated plan, not an error)."""
-        ns = obj["metadata"]["namespace"]
+    async def create(self, obj: Obj) -> bool | str:
+        """Creates a Pod or Service: True when created, False when it is there already and ours
+        (a repeated plan); otherwise what the API refused, quoting its reason: a policy (quota,
+        Pod Security admission, a webhook) or a name taken by an object that is not ours.
+        Throttling and server errors raise: the reconcile is retried."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         plural = {"Pod": "pods", "Service": "services"}[obj["kind"]]
         url = f"{self.host}/api/v1/namespaces/{ns}/{plural}"
         async with (
             self._limit,
             self._session_().post(url, data=json.dumps(obj), headers=self._headers()) as resp,
         ):
-            if resp.status == 409:
+            if resp.status < 300:
+                return True
+            text = await resp.text()
+        if resp.status == 409:
+            owner = {r["uid"] for r in obj["metadata"].get("ownerReferences") or []}
+            code, existing = await self.request("GET", f"/api/v1/namespaces/{ns}/{plural}/{name}")
+            if code == 404:  # gone again in between: the next reconcile creates it
+                raise RuntimeError(f"creating {obj['kind']} {name}: it exists and vanished")
+            theirs = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
+            if code < 300 and owner & theirs:
                 return False
-            if resp.status >= 300:
-                raise RuntimeError(
-                    f"creating {obj['kind']} {obj['metadata']['name']}: "
-                    f"{resp.status} {await resp.text()}"
-                )
-            return True
+            return f"{obj['kind']} {name} already exists and is not owned by this job"
+        if resp.status in (408, 429) or resp.status >= 500:
+            raise RuntimeError(f"creating {obj['kind']} {name}: {resp.status} {text}")
+        return f"{obj['kind']} {name}: {api_message(text)}"
 
     async def delete_pod(self, namespace: str, name: str, force: bool) -> None:
         url = f"{self.host}/api/v1/namespaces/{namespace}/pods/{name}"

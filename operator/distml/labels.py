@@ -9,3 +9,5 @@ OPERATOR = "distml-operator"
 GPU = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 METRICS_PORT = 9400
+OWNER_KIND = "distml.io/owner-kind"  # the kind of the job that owns a pod or Service
+OWNER_UID = "distml.io/owner-uid"  # and its UID: a job recreated under the same name is another

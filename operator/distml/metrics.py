@@ -33,3 +33,14 @@ PREFLIGHT_BUSBW = Gauge(
     "All-reduce bus bandwidth (Gbit/s) the job's latest preflight measured",
     ["namespace", "trainingjob"],
 )
+RESIZES = Counter(
+    "distml_job_resizes", "New generations started because spec.replicas changed (not failures)"
+)
+CREATES_REFUSED = Counter(
+    "distml_gang_creates_refused",
+    "Gangs released because the API refused one of their objects (quota, Pod Security, webhook)",
+)
+EVENTS_FAILED = Counter("distml_events_failed", "Events the API refused; the reconcile went on")
+GPUS_RESERVED = Gauge(
+    "distml_gpus_admitted", "GPUs of the gangs admitted now (reserved in the ledger or held)"
+)

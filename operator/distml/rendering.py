@@ -119,9 +119,27 @@ def preflight_container(
     return container
 
 
+def owner_labels(meta: dict[str, Any]) -> dict[str, str]:
+    return {labels.OWNER_KIND: KIND, labels.OWNER_UID: meta["uid"]}
+
+
+def pin_to_node(pod_spec: dict[str, Any], node: str) -> None:
+    """Adds a required node affinity for `node` (by metadata.name) to every node selector term
+    the template has: the scheduler still binds and checks resources, but only there, where the
+    admission reserved the pod's GPUs."""
+    pin = {"key": "metadata.name", "operator": "In", "values": [node]}
+    node_affinity = pod_spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [
+        {**t, "matchFields": [*(t.get("matchFields") or []), pin]} for t in terms
+    ]
+
+
 def render_worker_pod(
-    meta: dict[str, Any], spec: TrainingJobSpec, rank: int, generation: int
+    meta: dict[str, Any], spec: TrainingJobSpec, rank: int, generation: int, node: str = ""
 ) -> dict[str, Any]:
+    """Rank `rank` of restart generation `generation`; `node`: where its admission placed it."""
     job, ns = meta["name"], meta["namespace"]
     template = copy.deepcopy(spec.template)
     tmeta = template.get("metadata") or {}
@@ -133,6 +151,7 @@ def render_worker_pod(
         labels.GENERATION: str(generation),
         labels.REPLICA_TYPE: "worker",
         labels.MANAGED_BY: labels.OPERATOR,
+        **owner_labels(meta),
     }
     annotations = {**(tmeta.get("annotations") or {}), **spec.gang.pod_group_annotations}
     env: list[dict[str, Any]] = [*worker_env(meta, spec, rank, generation), NODE_NAME_ENV]
@@ -154,6 +173,10 @@ def render_worker_pod(
     pod_spec["hostname"] = pod_hostname(job, rank)
     pod_spec["subdomain"] = job
     pod_spec.setdefault("enableServiceLinks", False)
+    # Workers do not talk to the API: no token unless the template asks for one.
+    pod_spec.setdefault("automountServiceAccountToken", False)
+    if node:
+        pin_to_node(pod_spec, node)
     if spec.gang.scheduler_name:
         pod_spec["schedulerName"] = spec.gang.scheduler_name
     return {
@@ -185,7 +208,11 @@ def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict
         "metadata": {
             "name": job,
             "namespace": meta["namespace"],
-            "labels": {**selector_labels(job), labels.MANAGED_BY: labels.OPERATOR},
+            "labels": {
+                **selector_labels(job),
+                labels.MANAGED_BY: labels.OPERATOR,
+                **owner_labels(meta),
+            },
             "ownerReferences": [owner_reference(meta)],
         },
         "spec": {

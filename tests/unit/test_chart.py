@@ -89,8 +89,34 @@ def test_more_than_one_replica_runs_with_kopf_peering_so_exactly_one_is_active()
     )
 
 
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def _aggregated(role: dict) -> bool:
+    return any(k.startswith(AGGREGATE) for k in role["metadata"].get("labels") or {})
+
+
 def _rules(docs: list[dict], kind: str) -> list[dict]:
-    return [r for d in by_kind(docs, kind) for r in d["rules"]]
+    """The operator's own rules: every role of `kind` but those aggregated to users' roles."""
+    return [r for d in by_kind(docs, kind) if not _aggregated(d) for r in d["rules"]]
+
+
+def test_namespace_users_get_trainingjobs_through_the_standard_roles():
+    roles = {
+        k[len(AGGREGATE) :]: d
+        for d in by_kind(render(), "ClusterRole")
+        for k in d["metadata"].get("labels") or {}
+        if k.startswith(AGGREGATE)
+    }
+    assert set(roles) == {"edit", "admin", "view"}
+    edit = {
+        (r, v) for rule in roles["edit"]["rules"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert {("trainingjobs", "create"), ("trainingjobs/scale", "update")} <= edit
+    assert not any(r == "trainingjobs/status" and v != "get" for r, v in edit), "status is ours"
+    view = {v for rule in roles["view"]["rules"] for v in rule["verbs"]}
+    assert view == {"get", "list", "watch"}
+    assert not by_kind(render("aggregateRoles.enabled=false"), "ClusterRole")[1:]
 
 
 @pytest.mark.parametrize("sets", [(), ("watchNamespaces={team-a,team-b}",)])

@@ -279,3 +279,125 @@ def test_preflight_peers_that_never_met_is_retryable():
     pods = [make_pod("llm", 0).preflight(75, "").obj(), make_pod("llm", 1).running().obj()]
     p = plan(job, pods, now=30)
     assert p.status["phase"] == "Restarting" and p.restarted
+
+
+def admitted_job(n=2, gen=0, nodes_=("n0", "n1"), phase="Creating", **status):
+    adm = {"restartGeneration": gen, "replicas": n, "gpusPerReplica": 8, "nodes": list(nodes_)}
+    return (
+        make_job()
+        .replicas(n)
+        .status(
+            phase=phase,
+            restartGeneration=gen,
+            admittedTime=stamp(0),
+            startTime=stamp(0),
+            admission=adm,
+            **status,
+        )
+        .obj()
+    )
+
+
+def test_admission_is_recorded_with_a_node_per_rank_and_each_pod_is_pinned_there():
+    p = plan(make_job().replicas(2).obj())
+    adm = p.status["admission"]
+    assert adm["restartGeneration"] == 0 and adm["replicas"] == 2 and len(adm["nodes"]) == 2
+    pins = [
+        o["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        for o in p.create
+        if o["kind"] == "Pod"
+    ]
+    assert [t["nodeSelectorTerms"][0]["matchFields"][0]["values"] for t in pins] == [
+        [n] for n in adm["nodes"]
+    ]
+
+
+def test_an_admission_recorded_before_the_operator_died_is_carried_out_not_decided_again():
+    # Another gang took every free GPU since; the recorded admission still holds its GPUs.
+    from distml.admission import Gang
+
+    others = [Gang("u2", "team", "x", 2, 8, admitted=("n2", "n3"))]
+    world = World(job=admitted_job(), pods=[], nodes=nodes(4), cluster_pods=[], now=at(1),
+                  gangs=others)  # fmt: skip
+    p = plan_reconcile(world, SETTINGS)
+    assert names(p) == ["llm-worker-0-0", "llm-worker-1-0"]
+    assert p.status["phase"] == "Creating" and p.events == []
+
+
+def test_a_refused_create_releases_the_half_gang_and_backs_off_quoting_the_api():
+    pods = [make_pod("llm", 0).running().obj()]
+    why = "Pod llm-worker-1-0: exceeded quota: q, requested: pods=1, used: pods=1, limited: pods=1"
+    world = World(job=admitted_job(gangAttempts=1), pods=pods, nodes=nodes(4), cluster_pods=pods,
+                  now=at(5), refused=[why])  # fmt: skip
+    p = plan_reconcile(world, SETTINGS)
+    assert p.status["phase"] == "Queued" and p.refused and p.create == []
+    assert [d.name for d in p.delete] == ["llm-worker-0-0"]
+    assert p.status["restartGeneration"] == 1 and p.status["restarts"] == 0
+    assert p.status["nextAttemptTime"] == stamp(15)
+    (event,) = p.events
+    assert (event.type, event.reason) == ("Warning", "CreateRefused") and why in event.message
+    assert p.status["conditions"][-1]["reason"] == "CreateRefused"
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 4), (4, 2)])
+def test_changing_replicas_is_a_resize_not_a_failure(before, after):
+    job = admitted_job(before, phase="Running", nodes_=[f"n{i}" for i in range(before)])
+    job["spec"]["replicas"] = after
+    pods = [make_pod("llm", r).running().obj() for r in range(before)]
+    p = plan(job, pods, now=30)
+    assert p.status["phase"] == "Restarting" and p.resized and not p.restarted
+    assert p.status["conditions"][-1]["reason"] == "Resized"
+    assert p.status["restarts"] == 0 and p.status["resizes"] == 1
+    assert p.status["restartGeneration"] == 1 and len(p.delete) == before
+    assert f"from {before} to {after}" in p.events[0].message
+    # While the old pods go, status still counts them and the GPUs they hold.
+    assert p.status["gpus"] == 8 * before and p.status["active"] == before
+    # Once they are gone: the new size is admitted like a new gang.
+    job["status"] = p.status
+    p2 = plan(job, [], now=31)
+    assert p2.status["phase"] == "Creating" and names(p2) == [
+        f"llm-worker-{r}-1" for r in range(after)
+    ]
+    assert p2.status["admission"]["replicas"] == after
+
+
+def test_status_during_a_restart_counts_the_old_pods_still_holding_gpus():
+    pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).exited(137).obj()]
+    p = plan(running_job(), pods, now=30)
+    assert p.status["phase"] == "Restarting"
+    assert p.status["gpus"] == 8 and p.status["active"] == 1  # rank 0 runs on until deleted
+    assert [r["pod"] for r in p.status["ranks"]] == ["llm-worker-0-0"]
+
+
+def test_a_template_that_breaks_the_pod_policy_gets_no_pod_and_says_which_field():
+    job = make_job().obj()
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    p = plan(job)
+    assert p.create == [] and p.status["phase"] == "Queued"
+    assert p.status["reason"] == "PodPolicyViolation" and p.events[0].type == "Warning"
+    assert "spec.template.spec.containers[0].securityContext.privileged" in p.status["message"]
+    assert "'baseline'" in p.status["message"]
+
+
+def test_the_namespace_level_applies_and_node_name_is_refused():
+    ns = {
+        "metadata": {"name": "team", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}
+    }
+    world = World(job=make_job().obj(), pods=[], nodes=nodes(4), cluster_pods=[], now=at(0),
+                  namespace=ns)  # fmt: skip
+    p = plan_reconcile(world, SETTINGS)
+    assert p.create == [] and "'restricted'" in p.status["message"]
+    job = make_job().obj()
+    job["spec"]["template"]["spec"]["nodeName"] = "n0"
+    assert "spec.template.spec.nodeName" in plan(job).status["message"]
+
+
+def test_a_queued_job_shows_its_place_in_the_queue():
+    from distml.admission import Gang
+
+    ahead = Gang("u0", "team", "first", 4, 8, created="2025-01-01T00:00:00Z")
+    world = World(job=make_job().obj(), pods=[], nodes=nodes(4), cluster_pods=[], now=at(0),
+                  gangs=[ahead])  # fmt: skip
+    p = plan_reconcile(world, SETTINGS)
+    assert p.status["phase"] == "Queued" and p.status["queuePosition"] == 2
+    assert p.status["message"].startswith("2nd in the queue")

@@ -22,6 +22,8 @@ metadata:
     distml.io/restart-generation: "2"
     distml.io/replica-type: worker
     app.kubernetes.io/managed-by: distml-operator
+    distml.io/owner-kind: TrainingJob
+    distml.io/owner-uid: uid-1
   annotations:
     scheduling.k8s.io/group-name: llm
   ownerReferences:
@@ -61,6 +63,12 @@ spec:
   hostname: llm-1
   subdomain: llm
   enableServiceLinks: false
+  automountServiceAccountToken: false
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+        - matchFields: [{key: metadata.name, operator: In, values: [gpu-node-007]}]
 """
 
 
@@ -84,7 +92,8 @@ def test_worker_pod_carries_the_torchrun_contract():
         )
         .obj()
     )
-    pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 1, 2)
+    spec = TrainingJobSpec.model_validate(job["spec"])
+    pod = render_worker_pod(job["metadata"], spec, 1, 2, node="gpu-node-007")
     assert pod == yaml.safe_load(EXPECTED_POD)
 
 
@@ -164,3 +173,36 @@ def test_no_preflight_no_init_container():
     job = make_job().obj()
     pod = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 0)
     assert "initContainers" not in pod["spec"]
+
+
+def test_the_pin_to_a_node_narrows_every_node_affinity_term_of_the_template():
+    terms = [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+    ]
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": terms}}}  # fmt: skip
+    job = make_job().spec(
+        template={"spec": {"containers": [{"name": "t", "image": "i"}], "affinity": affinity}}
+    )
+    spec = TrainingJobSpec.model_validate(job.obj()["spec"])
+    pod = render_worker_pod(job.obj()["metadata"], spec, 0, 0, node="n3")
+    got = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    pin = {"key": "metadata.name", "operator": "In", "values": ["n3"]}
+    assert got["nodeSelectorTerms"] == [{**t, "matchFields": [pin]} for t in terms]
+    assert spec.template["spec"]["affinity"] == affinity  # the job's own template is untouched
+
+
+def test_a_template_that_asks_for_the_token_keeps_it():
+    job = make_job().spec(
+        template={
+            "spec": {
+                "containers": [{"name": "t", "image": "i"}],
+                "automountServiceAccountToken": True,
+            }
+        }
+    )
+    spec = TrainingJobSpec.model_validate(job.obj()["spec"])
+    assert render_worker_pod(job.obj()["metadata"], spec, 0, 0)["spec"][
+        "automountServiceAccountToken"
+    ]

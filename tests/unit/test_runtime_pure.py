@@ -80,3 +80,24 @@ def test_global_sample_stream_does_not_depend_on_world_size():
     first_epoch = stream(1, 50, 1)
     assert sorted(first_epoch) == list(range(50))
     assert torch.equal(batch_indices(0, 0, 1, 3, 50, 7), batch_indices(0, 0, 1, 3, 50, 7))
+
+
+class _Payload:
+    """Unpickling this would run code: what a poisoned checkpoint carries."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, capsys):
+    from distml_runtime.train import checkpoint
+
+    good = checkpoint.save(tmp_path, 3, {"model": {"w": torch.ones(2)}, "step": 3})
+    state = checkpoint.load(good)
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
+
+    bad = tmp_path / "step-000000009.pt"
+    torch.save({"step": 9, "model": _Payload()}, bad)
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
+        checkpoint.load(bad)
+    assert "pwned" not in capsys.readouterr().out

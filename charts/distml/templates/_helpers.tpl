@@ -62,7 +62,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/* Cluster-scoped reads, needed in both modes: nodes and every pod on them for free-GPU
-     accounting, and CRDs so kopf notices when its resources appear. */}}
+     accounting, namespaces for their Pod Security level (and kopf's namespace following), and
+     CRDs so kopf notices when its resources appear. */}}
 {{- define "distml.clusterReadRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
@@ -73,10 +74,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-{{- if .Values.watchNamespaces }}
-# kopf follows the watched namespaces (they may come and go) when it is not cluster-wide
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-{{- end }}
 {{- end -}}

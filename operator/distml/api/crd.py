@@ -128,9 +128,16 @@ def trainingjob_crd() -> dict[str, Any]:
                     },
                     "additionalPrinterColumns": [
                         _column("Phase", ".status.phase"),
+                        _column("Reason", ".status.reason", description="why, in one word"),
                         _column("Ready", ".status.readyText", description="ready/desired pods"),
                         _column("GPUs", ".status.gpus", "integer"),
                         _column("Restarts", ".status.restarts", "integer"),
+                        _column(
+                            "Queue",
+                            ".status.queuePosition",
+                            "integer",
+                            description="place among the gangs waiting for GPUs (1 = next)",
+                        ),
                         _column("Age", ".metadata.creationTimestamp", "date"),
                         _column("Replicas", ".spec.replicas", "integer", 1),
                         _column("Restart-Policy", ".spec.restartPolicy", priority=1),

@@ -149,6 +149,12 @@ class TrainingJobSpec(_Model):
     elastic: Elastic | None = None
     parallelism: Parallelism | None = None
     preflight: Preflight | None = None
+    priority: int = Field(
+        0,
+        description="Queue order: a waiting gang with a higher priority is admitted before one "
+        "with a lower, and gangs of one priority go in creation order. A gang that restarts "
+        "keeps its place at the head.",
+    )
     rendezvous_port: int = Field(DEFAULT_RDZV_PORT, ge=1, le=65535)
     dns_names: DNSNames = Field(
         DNSNames.RANK0,
@@ -203,8 +209,22 @@ class PreflightStatus(_Model):
     restart_generation: int = 0
 
 
+class Admission(_Model):
+    """The admission of one restart generation, written before any of its pods is created:
+    the GPUs it reserved in the ledger and the node each rank is pinned to."""
+
+    restart_generation: int = Field(0, description="The generation admitted.")
+    replicas: int = Field(0, description="Pods admitted (spec.replicas at admission).")
+    gpus_per_replica: int = Field(0, description="GPUs of each pod.")
+    nodes: list[str] = Field(
+        default_factory=list, description="The node of each rank, in rank order (empty: any)."
+    )
+    time: str | None = Field(None, description="When the gang was admitted.")
+
+
 class TrainingJobStatus(_Model):
     phase: Phase | None = None
+    reason: str = Field("", description="The reason of the latest phase change, in one word.")
     message: str = ""
     conditions: list[Condition] = Field(default_factory=list)
     replicas: int = Field(0, description="Pods of the current restart generation.")
@@ -214,7 +234,8 @@ class TrainingJobStatus(_Model):
     failed: int = 0
     ready_text: str = Field("", description="ready/desired, for kubectl get.")
     gpus: int = Field(0, description="GPUs the job holds now.")
-    restarts: int = 0
+    restarts: int = Field(0, description="Group restarts after failures (against backoffLimit).")
+    resizes: int = Field(0, description="New generations started because spec.replicas changed.")
     restart_generation: int = 0
     gang_attempts: int = 0
     start_time: str | None = None
@@ -222,6 +243,10 @@ class TrainingJobStatus(_Model):
     admitted_time: str | None = None
     queued_time: str | None = None
     next_attempt_time: str | None = None
+    queue_position: int | None = Field(
+        None, description="Place among the gangs waiting for GPUs (1 = next), while Queued."
+    )
+    admission: Admission | None = None
     observed_generation: int | None = None
     selector: str = ""
     ranks: list[RankPlacement] = Field(default_factory=list)

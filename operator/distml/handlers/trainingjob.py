@@ -1,4 +1,11 @@
-"""TrainingJob handlers: watch jobs, their pods and the nodes; reconcile each job in its worker."""
+"""TrainingJob handlers: watch jobs, their pods, the nodes and the namespaces; reconcile each job
+in its worker.
+
+The GPU ledger lives here, as caches the pure admission reads: live GPU pods (from a watch),
+and every job's demand (from a LIST at start-up, kopf's job events, and each reconcile's own
+decision, assumed at once). A decision and the assumption it makes happen with no await between
+them, so two jobs reconciled concurrently never see the same free GPUs.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +18,52 @@ from typing import Any
 
 import kopf
 
-from distml import labels, metrics, podstate
-from distml.api.models import GROUP, PLURAL, VERSION
+from distml import admission, labels, metrics, podstate
+from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
-from distml.kube import AsyncWriter, Kube, WatchExpired
-from distml.planning import Plan, Settings, World, iso, plan_reconcile
+from distml.kube import AsyncWriter, Kube, WatchExpired, api_message
+from distml.planning import Plan, Settings, World, demand, iso, plan_reconcile
 
 log = logging.getLogger("distml.trainingjob")
-NODES, PODS = "/api/v1/nodes", "/api/v1/pods"
+NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
 LIVE = "status.phase!=Succeeded,status.phase!=Failed"
+JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
+
+
+def _version(obj: dict[str, Any]) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+class StatusConflict(Exception):
+    """The job changed since it was read: read it again and decide again."""
 
 
 class Operator:
-    """The state the handlers share: API access, caches of nodes and GPU pods, job workers."""
+    """The state the handlers share: API access, caches of nodes, GPU pods, namespaces and job
+    demands, and the job workers."""
 
-    def __init__(self, kube: Kube, settings: Settings, threads: int = 16) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        threads: int = 16,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
         self.kube = kube
         self.writer = AsyncWriter(kube.api)
         self.settings = settings
+        self.watched = namespaces  # empty: every namespace
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.workers = JobWorkers(self.reconcile)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.gpu_pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.gangs: dict[str, admission.Gang] = {}  # job uid -> its demand on the ledger
+        self._gang_versions: dict[str, int] = {}  # job uid -> resourceVersion the demand is from
+        self._uids: dict[Key, str] = {}
         self.phases: dict[Key, str] = {}
 
     async def io(self, fn: Any, *args: Any) -> Any:
@@ -52,35 +83,103 @@ class Operator:
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
             self.workers.wake_all()
 
-    def replace_nodes(self, nodes: list[dict[str, Any]]) -> None:
-        """A fresh LIST: what it lacks is gone."""
-        self.nodes = {n["metadata"]["name"]: n for n in nodes}
-        self.workers.wake_all()
+    def on_namespace(self, event_type: str, ns: dict[str, Any]) -> None:
+        name = ns["metadata"]["name"]
+        before = self.namespaces.get(name)
+        if event_type == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = ns
+        if before is not None and (before["metadata"].get("labels") or {}) != (
+            ns["metadata"].get("labels") or {}
+        ):  # its Pod Security level may have changed
+            self.workers.wake_waiting()
 
-    def replace_pods(self, pods: list[dict[str, Any]]) -> None:
-        self.gpu_pods = {}
-        for pod in pods:
-            self.on_pod("ADDED", pod)
+    def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["name"])
+        gpu = podstate.gpu_request(pod) > 0
+        if event_type == "DELETED" or podstate.is_terminal(pod) or not gpu:
+            freed = self.gpu_pods.pop(key, None) is not None
+            if freed:
+                self.workers.wake_waiting()
+        else:
+            self.gpu_pods[key] = pod
+        job = (meta.get("labels") or {}).get(labels.JOB_NAME)
+        if job:
+            self.workers.wake((meta["namespace"], job))
+
+    def on_job(self, job: dict[str, Any], deleted: bool = False) -> None:
+        """A job as the API has it now. An event older than what this operator itself wrote
+        (watch events lag) is not allowed to take back a decision it made since."""
+        meta = job["metadata"]
+        uid = meta.get("uid", "")
+        key = (meta.get("namespace", ""), meta["name"])
+        if deleted:
+            self._drop_gang(uid)
+            self._uids.pop(key, None)
+            return
+        version = _version(job)
+        if version and version < self._gang_versions.get(uid, 0):
+            return
+        self._uids[key] = uid
+        self._set_gang(uid, demand(job), version)
+
+    def _set_gang(self, uid: str, gang: admission.Gang | None, version: int) -> None:
+        before = self.gangs.get(uid)
+        if gang is None:
+            self.gangs.pop(uid, None)
+        else:
+            self.gangs[uid] = gang
+        self._gang_versions[uid] = version
+        if (
+            before is not None
+            and before.admitted is not None
+            and (gang is None or not gang.admitted)
+        ):
+            self.workers.wake_waiting()  # a reservation was released
+
+    def _drop_gang(self, uid: str) -> None:
+        self._set_gang(uid, None, 0)
+        self._gang_versions.pop(uid, None)
+
+    def replace(self, path: str, items: list[dict[str, Any]]) -> None:
+        """A fresh LIST: what it lacks is gone."""
+        if path == NODES:
+            self.nodes = {n["metadata"]["name"]: n for n in items}
+        elif path == NAMESPACES:
+            self.namespaces = {n["metadata"]["name"]: n for n in items}
+        else:
+            self.gpu_pods = {}
+            for pod in items:
+                self.on_pod("ADDED", pod)
         self.workers.wake_all()
 
     async def relist(self, path: str) -> str:
-        """LISTs nodes or live pods into their cache; returns where the watch goes on from."""
-        if path == NODES:
-            nodes, version = await self.writer.list_objects(NODES)
-            self.replace_nodes(nodes)
-        else:
-            pods, version = await self.writer.list_objects(PODS, fieldSelector=LIVE)
-            self.replace_pods(pods)
+        """LISTs nodes, namespaces or live pods into their cache; returns where the watch goes
+        on from."""
+        params = {"fieldSelector": LIVE} if path == PODS else {}
+        items, version = await self.writer.list_objects(path, **params)
+        self.replace(path, items)
         return version
 
     async def prime(self) -> dict[str, str]:
-        """Fills both caches; returns where each watch starts."""
-        return {path: await self.relist(path) for path in (NODES, PODS)}
+        """Fills every cache (jobs too, so no job is admitted before another's admission is
+        known); returns where each watch starts."""
+        versions = {path: await self.relist(path) for path in (NODES, NAMESPACES, PODS)}
+        paths = [f"{JOBS_PATH}/namespaces/{ns}/{PLURAL}" for ns in self.watched] or [
+            f"{JOBS_PATH}/{PLURAL}"
+        ]
+        for path in paths:
+            items, _ = await self.writer.list_objects(path)
+            for job in items:
+                self.on_job(job)
+        return versions
 
     async def follow(self, path: str, resource_version: str) -> None:
         """Keeps a cache current for as long as the operator runs: watch, and LIST again when
         the watch's history has expired or the connection broke."""
-        on_event = self.on_node if path == NODES else self.on_pod
+        on_event = {NODES: self.on_node, NAMESPACES: self.on_namespace}.get(path, self.on_pod)
         while True:
             try:
                 resource_version = await self.writer.watch_objects(path, resource_version, on_event)
@@ -98,25 +197,19 @@ class Operator:
                     log.warning("listing %s failed (%s); retrying", path, err2)
                     await asyncio.sleep(1.0)
 
-    def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        key = (meta["namespace"], meta["name"])
-        gpu = podstate.gpu_request(pod) > 0
-        if event_type == "DELETED" or podstate.is_terminal(pod) or not gpu:
-            freed = self.gpu_pods.pop(key, None) is not None
-            if freed:
-                self.workers.wake_waiting()
-        else:
-            self.gpu_pods[key] = pod
-        job = (meta.get("labels") or {}).get(labels.JOB_NAME)
-        if job:
-            self.workers.wake((meta["namespace"], job))
+    def terminating(self, namespace: str) -> bool:
+        ns = self.namespaces.get(namespace) or {}
+        return bool(ns.get("metadata", {}).get("deletionTimestamp")) or (
+            (ns.get("status") or {}).get("phase") == "Terminating"
+        )
 
     # --- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> float | None:
         try:
             return await self._reconcile(key)
+        except StatusConflict:
+            return 0.1  # decide again on what the job is now
         except Exception:
             metrics.RECONCILE_ERRORS.inc()  # the worker logs it and retries with backoff
             raise
@@ -124,23 +217,38 @@ class Operator:
     async def _reconcile(self, key: Key) -> float | None:
         t0 = time.perf_counter()
         ns, name = key
-        job = await self.io(self.kube.get_job, ns, name)
-        if job is None or job["metadata"].get("deletionTimestamp"):
-            self.phases.pop(key, None)
-            self.workers.waiting.discard(key)
-            self._count_phases()
+        if self.terminating(ns):
+            # Its pods vanish with it: no restarts, no creates, nothing to retry.
             return None
-        pods = await self.io(self.kube.list_job_pods, ns, name)
-        now = dt.datetime.now(dt.UTC)
-        world = World(
-            job=job,
-            pods=pods,
-            nodes=list(self.nodes.values()),
-            cluster_pods=list(self.gpu_pods.values()),
-            now=now,
-        )
-        plan = plan_reconcile(world, self.settings)
-        await self.apply(job, plan, now)
+        refused: list[str] = []
+        requeue: float | None = None
+        for _ in range(2):  # a second pass when the API refused a create: release the gang
+            job = await self.io(self.kube.get_job, ns, name)
+            if job is None or job["metadata"].get("deletionTimestamp"):
+                self.forget_job(key)
+                return None
+            pods = await self.io(self.kube.list_job_pods, ns, name)
+            now = dt.datetime.now(dt.UTC)
+            uid = job["metadata"]["uid"]
+            world = World(
+                job=job,
+                pods=pods,
+                nodes=list(self.nodes.values()),
+                cluster_pods=list(self.gpu_pods.values()),
+                now=now,
+                gangs=[g for u, g in self.gangs.items() if u != uid],
+                namespace=self.namespaces.get(ns),
+                refused=refused,
+            )
+            plan = plan_reconcile(world, self.settings)
+            # The decision is assumed in the ledger before anything awaits (see the docstring).
+            self._uids[key] = uid
+            self._set_gang(uid, demand({**job, "status": plan.status}), _version(job))
+            refused = await self.apply(job, plan, now)
+            requeue = plan.requeue_after
+            if not refused:
+                break
+            log.warning("%s/%s: the API refused %d objects: %s", ns, name, len(refused), refused[0])
         took = time.perf_counter() - t0
         metrics.RECONCILE_SECONDS.observe(took)
         log.debug(
@@ -152,42 +260,103 @@ class Operator:
             len(plan.delete),
             plan.status.get("phase"),
         )
-        return plan.requeue_after
+        return 0.5 if refused else requeue
 
-    async def apply(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
+    def forget_job(self, key: Key) -> None:
+        uid = self._uids.pop(key, None)
+        if uid:
+            self._drop_gang(uid)
+        self.phases.pop(key, None)
+        self.workers.waiting.discard(key)
+        self._count_phases()
+
+    async def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        """A merge patch of the status that carries the resourceVersion it was decided from: a
+        job changed since (by a user, or by another operator) is a conflict, never overwritten."""
+        meta = job["metadata"]
+        path = f"{JOBS_PATH}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}/status"
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        code, answer = await self.writer.request("PATCH", path, body)
+        if code == 409:
+            fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"])
+            if fresh is not None:
+                self._gang_versions.pop(meta["uid"], None)
+                self.on_job(fresh)
+            raise StatusConflict(meta["name"])
+        if code >= 300:
+            raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
+        self._gang_versions[meta["uid"]] = _version(answer)
+
+    async def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Best effort: an Event the API refuses is logged and counted, and never stops the
+        reconcile that it describes."""
+        meta = job["metadata"]
+        now = iso(dt.datetime.now(dt.UTC))
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": labels.OPERATOR},
+            "reportingComponent": labels.OPERATOR,
+            "reportingInstance": labels.OPERATOR,
+        }
+        try:
+            code, answer = await self.writer.request(
+                "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body
+            )
+            if code >= 300:
+                raise RuntimeError(f"{code} {api_message(str(answer.get('message', answer)))}")
+        except Exception as err:
+            metrics.EVENTS_FAILED.inc()
+            log.warning("event %s for %s/%s not posted: %s", reason, meta["namespace"],
+                        meta["name"], err)  # fmt: skip
+
+    async def apply(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> list[str]:
+        """Record, then act: the new status first, then the creates and deletes it decided, and
+        its Events. Returns what the API refused to create."""
         meta = job["metadata"]
         key = (meta["namespace"], meta["name"])
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
             await self.io(self.kube.delete_job, *key)
-            return
-        created = await asyncio.gather(*(self.writer.create(o) for o in plan.create))
+            return []
+        changed = plan.status != (job.get("status") or {})
+        if changed:
+            await self.write_status(job, plan.status)
+        results = await asyncio.gather(
+            *(self.writer.create(o) for o in plan.create),
+            *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete),
+            *(self.post_event(job, e.type, e.reason, e.message) for e in plan.events if changed),
+        )
+        created = results[: len(plan.create)]
         metrics.PODS_CREATED.inc(
             sum(
-                1 for o, new in zip(plan.create, created, strict=True) if new and o["kind"] == "Pod"
+                1
+                for o, r in zip(plan.create, created, strict=True)
+                if r is True and o["kind"] == "Pod"
             )
         )
-        await asyncio.gather(
-            *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete)
-        )
-        if plan.status != (job.get("status") or {}):
-            await self.io(self.kube.patch_status, *key, plan.status)
-            # Events only once the status that they describe is written.
-            stamp = iso(now)
-            await asyncio.gather(
-                *(
-                    self.io(self.kube.post_event, job, e.type, e.reason, e.message, stamp)
-                    for e in plan.events
-                )
-            )
+        refused = [r for r in created if isinstance(r, str)]
         phase = plan.status.get("phase", "")
         self.phases[key] = phase
-        if phase == "Queued":
+        if phase in ("Queued", "Restarting"):
             self.workers.waiting.add(key)
         else:
             self.workers.waiting.discard(key)
         self._count_phases()
         self._observe(job, plan, now)
+        return refused
 
     def _observe(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
         if plan.started_seconds is not None:
@@ -199,6 +368,10 @@ class Operator:
             metrics.QUEUE_WAIT.observe(plan.queue_wait_seconds)
         if plan.gang_timeout:
             metrics.GANG_TIMEOUTS.inc()
+        if plan.resized:
+            metrics.RESIZES.inc()
+        if plan.refused:
+            metrics.CREATES_REFUSED.inc()
         if plan.preflight_busbw_gbps is not None:
             meta = job["metadata"]
             metrics.PREFLIGHT_BUSBW.labels(meta["namespace"], meta["name"]).set(
@@ -229,6 +402,9 @@ class Operator:
             "Suspended",
         ):
             metrics.JOBS.labels(phase=phase).set(counts.get(phase, 0))
+        metrics.GPUS_RESERVED.set(
+            sum(g.replicas * g.gpus_per_replica for g in self.gangs.values() if g.admitted)
+        )
 
 
 def register(op: Operator) -> None:
@@ -238,7 +414,8 @@ def register(op: Operator) -> None:
 
     @kopf.on.startup()
     async def warm_caches(**_: Any) -> None:
-        # Before any job is reconciled: a node missing from a cold cache would look "gone".
+        # Before any job is reconciled: a node missing from a cold cache would look "gone", and
+        # a job whose admission is not known yet would look like free GPUs.
         # Pods and nodes are followed by the operator's own watches, not kopf's: an event costs
         # a JSON parse and a dict update instead of kopf's handler machinery, and the operator
         # sees thousands of them when gangs start.
@@ -249,11 +426,14 @@ def register(op: Operator) -> None:
     @kopf.on.event(GROUP, VERSION, PLURAL)
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "", name)
+        body = dict(event["object"])
         if event["type"] == "DELETED":
+            op.on_job(body, deleted=True)
             await op.workers.forget(key)
             op.phases.pop(key, None)
             op._count_phases()
         else:
+            op.on_job(body)
             op.workers.ensure(key)
 
     @kopf.on.cleanup()

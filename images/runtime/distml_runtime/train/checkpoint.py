@@ -38,4 +38,7 @@ def save(folder: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return dict(torch.load(path, map_location="cpu", weights_only=False))
+    """Tensors, numbers, strings and containers only: whoever can write the checkpoint volume
+    must not be able to run code in every rank that resumes (torch's unpickler refuses any other
+    object)."""
+    return dict(torch.load(path, map_location="cpu", weights_only=True))

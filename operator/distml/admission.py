@@ -1,0 +1,264 @@
+"""The GPU ledger and the admission queue: which waiting gang may start now, on which nodes, and
+what every other one waits for.
+
+Pure: gangs, nodes and pods in, verdicts out. One ledger of GPUs per node holds what live pods
+take (bound pods on their node, pods not yet scheduled first-fit) and what admitted gangs have
+*reserved* for the ranks whose pods are not created or not seen yet, as kube-scheduler assumes a
+pod before its bind is confirmed. A gang's admission is a placement (a node per rank), so the
+reservation sits where its pods will go, and the pods are pinned there.
+
+Waiting gangs are considered in one order: restarting gangs first (a gang that lost its pods
+keeps its place), then by priority, then by creation time. Each one either fits into what is left
+and is admitted, or *holds* every GPU it could use there, so a gang further back never takes
+GPUs the one ahead could use. Backfill: a smaller gang behind may still start on GPUs the head
+cannot use yet (a half-free node for a gang of whole nodes); once the head has waited longer than
+`backfill_seconds`, nothing that could use the head's nodes starts before it. That bounds the
+head's delay by the bound plus the runtimes of the gangs backfilled before it.
+
+Gangs and their pods are told apart by the owner's UID, never by name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from distml import labels, podstate
+
+Obj = dict[str, Any]
+_BLOCKING_TAINTS = ("NoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class Gang:
+    """One job's demand on the ledger, as its status and spec say now."""
+
+    uid: str
+    namespace: str
+    name: str
+    replicas: int
+    gpus_per_replica: int
+    generation: int = 0  # the restart generation being admitted or run
+    node_selector: tuple[tuple[str, str], ...] = ()
+    priority: int = 0
+    created: str = ""  # RFC 3339; orders gangs of one priority
+    restarting: bool = False  # lost its pods: goes to the head of the queue
+    waiting_since: dt.datetime | None = None
+    # The node of each rank of the admitted generation ("" where any node will do); None while
+    # the gang waits for admission.
+    admitted: tuple[str, ...] | None = None
+
+    @property
+    def key(self) -> tuple[int, int, str, str, str]:
+        return (
+            0 if self.restarting else 1,
+            -self.priority,
+            self.created,
+            self.namespace,
+            self.name,
+        )
+
+    @property
+    def title(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: bool
+    reason: str  # Admitted | InsufficientGPUs | NoNodeFits | WaitingInQueue
+    message: str
+    position: int | None = None  # 1-based place among the waiting gangs
+    nodes: tuple[str, ...] = ()  # the node of each rank, when admitted (CPU-only: "")
+    free: dict[str, int] = field(default_factory=dict)  # what this gang saw free, per node
+
+
+@dataclass
+class Ledger:
+    """Free GPUs per usable node after pods and reservations; `overbooked` counts reserved ranks
+    that found no room (their node died): a sign, not an error."""
+
+    free: dict[str, int]
+    node_labels: dict[str, dict[str, str]]
+    largest: dict[str, int]  # allocatable of every node (usable or not), for NoNodeFits
+    overbooked: int = 0
+
+    def candidates(self, gang: Gang) -> list[str]:
+        want = dict(gang.node_selector)
+        return [
+            n for n in self.free if all(self.node_labels[n].get(k) == v for k, v in want.items())
+        ]
+
+
+def _usable(node: Obj) -> bool:
+    spec = node.get("spec") or {}
+    for taint in spec.get("taints") or []:
+        if taint.get("effect") in _BLOCKING_TAINTS and taint.get("key") != labels.GPU_TAINT_KEY:
+            return False
+    return podstate.node_ready(node) and not spec.get("unschedulable")
+
+
+def owner_uid(pod: Obj) -> str:
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid", ""))
+    return ""
+
+
+def _best_fit(free: dict[str, int], nodes: Iterable[str], gpus: int) -> str | None:
+    """The node with the least free GPUs that still holds `gpus` (fills nodes before starting
+    new ones, so whole nodes stay whole for the gangs that need them)."""
+    fitting = [n for n in nodes if free[n] >= gpus]
+    return min(fitting, key=lambda n: (free[n], n)) if fitting else None
+
+
+def build_ledger(nodes: list[Obj], pods: list[Obj], gangs: list[Gang]) -> Ledger:
+    """What is free once every live GPU pod and every admitted gang's reservation is counted."""
+    free = {n["metadata"]["name"]: podstate.node_gpus(n) for n in nodes if _usable(n)}
+    ledger = Ledger(
+        free=free,
+        node_labels={n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes},
+        largest={n["metadata"]["name"]: podstate.node_gpus(n) for n in nodes},
+    )
+    known = {n["metadata"]["name"] for n in nodes}
+    seen: set[tuple[str, int, int]] = set()  # (owner uid, generation, rank) of live pods
+    unscheduled = []
+    for pod in pods:
+        if podstate.is_terminal(pod):
+            continue
+        gpus = podstate.gpu_request(pod)
+        meta_labels = pod["metadata"].get("labels") or {}
+        if labels.RANK in meta_labels:
+            seen.add((owner_uid(pod), podstate.generation(pod), podstate.rank(pod)))
+        if not gpus:
+            continue
+        node = podstate.node_name(pod)
+        if node in free:
+            free[node] -= gpus
+        elif not node or node not in known:
+            unscheduled.append((pod, gpus))
+    # A pod not yet bound goes where the admission pinned it, else first-fit.
+    for pod, gpus in sorted(unscheduled, key=lambda pg: -pg[1]):
+        pinned = pinned_node(pod)
+        target = pinned if pinned in free else _best_fit(free, free, gpus)
+        if target is not None:
+            free[target] -= gpus
+    for gang in gangs:
+        if gang.admitted is None or not gang.gpus_per_replica:
+            continue
+        for rank in range(gang.replicas):
+            if (gang.uid, gang.generation, rank) in seen:
+                continue
+            node = gang.admitted[rank] if rank < len(gang.admitted) else ""
+            if node not in free:
+                node = _best_fit(free, ledger.candidates(gang), gang.gpus_per_replica) or ""
+            if node:
+                free[node] -= gang.gpus_per_replica
+            else:
+                ledger.overbooked += 1
+    return ledger
+
+
+def pinned_node(pod: Obj) -> str:
+    """The node a pod's required node affinity names by metadata.name (the admission's pin)."""
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchFields") or []:
+            if expr.get("key") == "metadata.name" and len(expr.get("values") or []) == 1:
+                return str(expr["values"][0])
+    return ""
+
+
+def _place(free: dict[str, int], nodes: list[str], replicas: int, gpus: int) -> list[str]:
+    """Places up to `replicas` replicas best-fit, taking their GPUs out of `free`."""
+    placed = []
+    for _ in range(replicas):
+        node = _best_fit(free, nodes, gpus)
+        if node is None:
+            break
+        free[node] -= gpus
+        placed.append(node)
+    return placed
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def plan_queue(
+    gangs: list[Gang],
+    nodes: list[Obj],
+    pods: list[Obj],
+    now: dt.datetime,
+    backfill_seconds: float = 300.0,
+) -> dict[str, Verdict]:
+    """A verdict for every waiting gang (by UID), taken in queue order against one ledger."""
+    ledger = build_ledger(nodes, pods, gangs)
+    free = ledger.free
+    waiting = sorted((g for g in gangs if g.admitted is None), key=lambda g: g.key)
+    verdicts: dict[str, Verdict] = {}
+    starved: list[tuple[Gang, set[str]]] = []  # heads past the backfill bound, and their nodes
+    for position, gang in enumerate(waiting, start=1):
+        cands = ledger.candidates(gang)
+        place = f"{_ordinal(position)} in the queue"
+        if not gang.gpus_per_replica:
+            verdicts[gang.uid] = Verdict(
+                True, "Admitted", f"{gang.replicas} CPU-only replicas", position,
+                ("",) * gang.replicas,
+            )  # fmt: skip
+            continue
+        selected = [
+            n
+            for n, lab in ledger.node_labels.items()
+            if all(lab.get(k) == v for k, v in gang.node_selector)
+        ]
+        largest = max((ledger.largest[n] for n in selected), default=0)
+        need = f"{gang.replicas} x {gang.gpus_per_replica} {labels.GPU}"
+        if selected and gang.gpus_per_replica > largest:
+            verdicts[gang.uid] = Verdict(
+                False,
+                "NoNodeFits",
+                f"each replica asks for {gang.gpus_per_replica} {labels.GPU} but the largest "
+                f"node has {largest}; no node can ever run it",
+                position,
+            )
+            continue
+        seen_free = {n: max(free[n], 0) for n in cands}
+        blocker = next((h for h, hn in starved if hn.intersection(cands)), None)
+        trial = dict(free)
+        placed = _place(trial, cands, gang.replicas, gang.gpus_per_replica)
+        if len(placed) == gang.replicas and blocker is None:
+            free.update(trial)
+            verdicts[gang.uid] = Verdict(
+                True, "Admitted", f"room for {need}", position, tuple(placed), seen_free
+            )
+            continue
+        if blocker is not None and len(placed) == gang.replicas:
+            verdicts[gang.uid] = Verdict(
+                False,
+                "WaitingInQueue",
+                f"{place}: {need} would fit, but {blocker.title} is ahead and has waited "
+                f"longer than {backfill_seconds:.0f}s for the same nodes",
+                position,
+                free=seen_free,
+            )
+            continue
+        # Blocked: hold what it could use, so nothing behind it takes those GPUs.
+        free.update(trial)
+        shown = ", ".join(f"{n}={f}" for n, f in sorted(seen_free.items()) if f) or "none"
+        verdicts[gang.uid] = Verdict(
+            False,
+            "InsufficientGPUs",
+            f"{place}: waiting for {need} on whole nodes: room for {len(placed)} now; "
+            f"free GPUs: {shown}",
+            position,
+            free=seen_free,
+        )
+        since = gang.waiting_since or now
+        if (now - since).total_seconds() >= backfill_seconds:
+            starved.append((gang, set(cands)))
+    return verdicts
