@@ -37,6 +37,21 @@ def _version(obj: dict[str, Any]) -> int:
         return 0
 
 
+async def _retrying(fn: Any, *args: Any) -> Any:
+    delay = 0.25
+    while True:
+        try:
+            return await fn(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning(
+                "%s failed (%s); trying again in %.1fs", args[0] if args else fn, err, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 class StatusConflict(Exception):
     """The job changed since it was read: read it again and decide again."""
 
@@ -165,13 +180,16 @@ class Operator:
 
     async def prime(self) -> dict[str, str]:
         """Fills every cache (jobs too, so no job is admitted before another's admission is
-        known); returns where each watch starts."""
-        versions = {path: await self.relist(path) for path in (NODES, NAMESPACES, PODS)}
+        known); returns where each watch starts. An API server that is down or still starting
+        is asked again within a second or two, for as long as it takes."""
+        versions = {}
+        for path in (NODES, NAMESPACES, PODS):
+            versions[path] = await _retrying(self.relist, path)
         paths = [f"{JOBS_PATH}/namespaces/{ns}/{PLURAL}" for ns in self.watched] or [
             f"{JOBS_PATH}/{PLURAL}"
         ]
         for path in paths:
-            items, _ = await self.writer.list_objects(path)
+            items, _ = await _retrying(self.writer.list_objects, path)
             for job in items:
                 self.on_job(job)
         return versions
