@@ -33,9 +33,12 @@ $PY -m distml.localcluster up --nodes 0 --process-nodes 2 --process-gpus 8 --lin
 $K get nodes -o wide -L nvidia.com/gpu.count,topology.kubernetes.io/zone
 
 step "2/6 helm install the chart (CRDs, RBAC, metrics, dashboards); the operator runs with its ServiceAccount"
+# The examples keep checkpoints on a node-local disk: the chart's pod policy allows that folder.
 bin/helm upgrade --install distml charts/distml -n $NS --create-namespace --set replicas=0 --wait \
+  --set 'podPolicy.allowedHostPaths={/mnt/distml}' \
   | grep -E '^(NAME|STATUS|REVISION)'
-$PY -m distml.localcluster operator --no-crds --service-account "$NS/distml"
+$PY -m distml.localcluster operator --no-crds --service-account "$NS/distml" \
+  -- --allowed-host-path=/mnt/distml
 $PY -m distml.localcluster prometheus
 
 step "3/6 kubectl apply -f examples/trainingjob.yaml: DDP on 2 servers x 8 ranks, preflight first"

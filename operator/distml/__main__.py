@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a schedulerName templates may use (repeatable; default-scheduler always)",
     )
+    ap.add_argument(
+        "--allowed-host-path",
+        action="append",
+        default=[p for p in os.environ.get("DISTML_ALLOWED_HOST_PATHS", "").split(":") if p],
+        help="a hostPath folder worker pods may mount under baseline (repeatable)",
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 default_level=args.pod_security_level,
                 allow_node_name=args.allow_node_name,
                 allowed_schedulers=(podpolicy.DEFAULT_SCHEDULER, *args.allowed_scheduler),
+                allowed_host_paths=tuple(args.allowed_host_path),
             ),
         ),
         namespaces=tuple(args.namespace),

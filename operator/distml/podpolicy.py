@@ -45,6 +45,16 @@ class PodRules:
     default_level: str = "baseline"
     allow_node_name: bool = False
     allowed_schedulers: tuple[str, ...] = (DEFAULT_SCHEDULER,)
+    # hostPath folders (and what is below them) baseline lets through, e.g. a node-local
+    # checkpoint disk; restricted never does.
+    allowed_host_paths: tuple[str, ...] = ()
+
+    def host_path_allowed(self, path: str) -> bool:
+        clean = "/" + path.strip("/")
+        return any(
+            clean == (p := "/" + prefix.strip("/")) or clean.startswith(p.rstrip("/") + "/")
+            for prefix in self.allowed_host_paths
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ def _containers(spec: Obj, base: str) -> Iterator[tuple[str, Obj]]:
             yield f"{base}.{kind}[{i}]", c
 
 
-def _baseline(spec: Obj, base: str) -> Iterator[Violation]:
+def _baseline(spec: Obj, base: str, rules: PodRules) -> Iterator[Violation]:
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(key):
             yield Violation(f"{base}.{key}", "sharing the host's namespaces is not allowed")
@@ -82,8 +92,12 @@ def _baseline(spec: Obj, base: str) -> Iterator[Violation]:
                 f"sysctl {sysctl.get('name')!r} is not in the safe set",
             )
     for i, vol in enumerate(spec.get("volumes") or []):
-        if "hostPath" in vol:
-            yield Violation(f"{base}.volumes[{i}].hostPath", "hostPath volumes are not allowed")
+        if "hostPath" in vol and not rules.host_path_allowed(vol["hostPath"].get("path", "")):
+            yield Violation(
+                f"{base}.volumes[{i}].hostPath",
+                f"hostPath {vol['hostPath'].get('path')!r} is not allowed (the chart's "
+                f"podPolicy.allowedHostPaths: {list(rules.allowed_host_paths)})",
+            )
     for path, c in _containers(spec, base):
         sc = c.get("securityContext") or {}
         yield from _security_context_baseline(sc, f"{path}.securityContext", pod=False)
@@ -120,7 +134,7 @@ def _security_context_baseline(sc: Obj, path: str, pod: bool) -> Iterator[Violat
 def _restricted(spec: Obj, base: str) -> Iterator[Violation]:
     for i, vol in enumerate(spec.get("volumes") or []):
         kinds = [k for k in vol if k != "name"]
-        if kinds and kinds[0] not in _RESTRICTED_VOLUMES and kinds[0] != "hostPath":
+        if kinds and kinds[0] not in _RESTRICTED_VOLUMES:
             yield Violation(
                 f"{base}.volumes[{i}].{kinds[0]}", f"{kinds[0]} volumes are not allowed"
             )
@@ -178,7 +192,7 @@ def check_template(
                 )
             )
     if level in ("baseline", "restricted"):
-        found += _baseline(spec, base)
+        found += _baseline(spec, base, rules)
     if level == "restricted":
         found += _restricted(spec, base)
     return found

@@ -121,6 +121,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "DISTML_BACKOFF_BASE_SECONDS": "1",
             "DISTML_BACKOFF_CAP_SECONDS": "4",
+            # the examples' and the end-to-end tests' checkpoint folders on the process nodes
+            "DISTML_ALLOWED_HOST_PATHS": "/mnt/distml:/mnt/distml-e2e",
         }
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(

@@ -287,6 +287,8 @@ def test_examples_are_accepted_and_run(cluster, custom, namespace, example):
         timeout=30,
     )
     assert st in ("Queued", "Creating", "Running")
+    reason = jobs.status(custom, namespace, name).get("reason")
+    assert reason != "PodPolicyViolation", jobs.status(custom, namespace, name)["message"]
 
 
 def test_operator_exports_its_metrics(operator):

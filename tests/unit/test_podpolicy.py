@@ -105,3 +105,14 @@ def test_the_namespace_label_wins_over_the_charts_default():
     assert namespace_level(None, "privileged") == "privileged"
     odd = {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "bogus"}}}
     assert namespace_level(odd, "baseline") == "restricted"
+
+
+def test_host_paths_the_chart_allows_pass_baseline_but_never_restricted():
+    rules = PodRules(allowed_host_paths=("/mnt/distml",))
+    spec = {**container(), "volumes": [{"name": "c", "hostPath": {"path": "/mnt/distml/ckpt/a"}}]}
+    assert fields(spec, rules=rules) == []
+    for path in ("/", "/mnt/distml-other", "/etc"):
+        spec["volumes"][0]["hostPath"]["path"] = path
+        assert fields(spec, rules=rules) == ["spec.template.spec.volumes[0].hostPath"], path
+    spec = {**RESTRICTED_OK, "volumes": [{"name": "c", "hostPath": {"path": "/mnt/distml"}}]}
+    assert fields(spec, "restricted", rules) == ["spec.template.spec.volumes[0].hostPath"]
