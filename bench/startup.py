@@ -4,11 +4,15 @@
 
 1. A 64-pod job (8 GPUs a pod on 64 simulated 8-GPU nodes): kubectl-apply -> all pods Running,
    against creating the same objects (the job's headless Service and its 64 pods, rendered by the
-   operator's own code) directly with a 64-thread client, and against the 64 pods alone. Ratio
-   target <= 1.1x. Also the same objects with a Service naming every worker (dnsNames
-   AllWorkers), for what the default Rank0 saves.
-2. 200 jobs x 8 pods submitted at once: time to all Running, the operator's peak RSS, and its
-   reconciles per second (from its own metrics).
+   operator's own code) directly, and against the 64 pods alone. The direct baseline is the
+   fastest creation we could write: every object at once from one async client with one
+   connection pool. Ratio target <= 1.1x. Also the same objects with a Service naming every
+   worker (dnsNames AllWorkers), for what the default Rank0 saves.
+2. 50 jobs x 8 pods submitted at once, against their 50 Services and 400 pods created directly
+   at once (target <= 1.2x).
+3. 200 jobs x 8 pods submitted at once: time to all Running, how stale status gets (from a
+   gang's last pod Running to its job's status saying Running: median, p99, max), the
+   operator's peak RSS, and its reconciles per second (from its own metrics).
 
 Runs on its own local cluster (.cluster-bench/), so it does not disturb `make cluster`.
 """
@@ -16,6 +20,7 @@ Runs on its own local cluster (.cluster-bench/), so it does not disturb `make cl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import os
@@ -24,12 +29,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 from distml.api.models import training_job_manifest
 from distml.localcluster.cluster import LocalCluster
@@ -151,6 +157,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--pods-per-job", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=8, help="rounds of the 64-pod comparison")
+    ap.add_argument("--burst-jobs", type=int, default=50)
+    ap.add_argument("--burst-repeats", type=int, default=3)
     ap.add_argument("--skip-many", action="store_true", help="only the 64-pod comparison")
     args = ap.parse_args()
     nodes = max(args.pods, args.jobs * args.pods_per_job // 8)
@@ -167,20 +175,110 @@ def main() -> None:
         cluster.down()
 
 
+def create_at_once(api: client.ApiClient, objects: list[dict]) -> None:
+    """Every object at once, from one async client with one pool of kept-alive connections."""
+    from distml.kube import AsyncWriter
+
+    async def go() -> None:
+        writer = AsyncWriter(api)
+        try:
+            results = await asyncio.gather(*(writer.create(o) for o in objects))
+        finally:
+            await writer.close()
+        refused = [r for r in results if r is not True]
+        if refused:
+            raise RuntimeError(f"direct creation refused: {refused[:3]}")
+
+    asyncio.run(go())
+
+
 def run_direct(core, rep: int, pods: int, dns: str | None = "Rank0") -> float:
     """The very objects the operator creates for the job (its headless Service and pods, rendered
-    by the same code, less the owner reference), created directly with a concurrent client; the
-    Service with the given dnsNames, or none (dns None) for the pods alone."""
+    by the same code, less the owner reference), created directly at once; the Service with the
+    given dnsNames, or none (dns None) for the pods alone."""
     ns = fresh_namespace(core, f"bench-direct-{rep}-{(dns or 'pods').lower()}")
     service, objs = same_objects(ns, job("big", pods, 8, dnsNames=dns or "Rank0"))
     t0 = time.monotonic()
-    if dns:
-        core.create_namespaced_service(ns, service)
-    with ThreadPoolExecutor(64) as pool:
-        list(pool.map(lambda p: core.create_namespaced_pod(ns, p), objs))
+    create_at_once(core.api_client, [service, *objs] if dns else objs)
     took = wait_running(core, ns, "distml.io/job-name=big", pods, t0)
     drop_namespace(core, ns)
     return took
+
+
+def run_burst_direct(core, jobs: int, per_job: int) -> float:
+    """`jobs` jobs' Services and pods, as the operator would render them, created at once."""
+    ns = fresh_namespace(core, "bench-burst-direct")
+    objects: list[dict] = []
+    for i in range(jobs):
+        service, pods = same_objects(ns, job(f"j{i:03d}", per_job, 1))
+        objects += [service, *pods]
+    t0 = time.monotonic()
+    create_at_once(core.api_client, objects)
+    took = wait_running(core, ns, "distml.io/replica-type=worker", jobs * per_job, t0)
+    drop_namespace(core, ns)
+    return took
+
+
+def submit_jobs(custom, ns: str, jobs: int, per_job: int) -> None:
+    body = job("j", per_job, 1)
+
+    def submit(i: int) -> None:
+        b = copy.deepcopy(body)
+        b["metadata"]["name"] = f"j{i:03d}"
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, b)
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(submit, range(jobs)))
+
+
+class StatusStaleness:
+    """Watches a namespace's pods and jobs: when each job's last pod turned Running, and when its
+    status first said Running."""
+
+    def __init__(self, core, custom, ns: str) -> None:
+        self.pod_running: dict[str, tuple[str, float]] = {}
+        self.job_running: dict[str, float] = {}
+        self._watches = [watch.Watch(), watch.Watch()]
+        self._threads = [
+            threading.Thread(target=self._pods, args=(core, ns), daemon=True),
+            threading.Thread(target=self._jobs, args=(custom, ns), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pods(self, core, ns: str) -> None:
+        for ev in self._watches[0].stream(core.list_namespaced_pod, ns, timeout_seconds=1800):
+            pod = ev["object"]
+            if pod.status.phase == "Running" and pod.metadata.name not in self.pod_running:
+                job_name = pod.metadata.labels.get("distml.io/job-name", "")
+                self.pod_running[pod.metadata.name] = (job_name, time.monotonic())
+
+    def _jobs(self, custom, ns: str) -> None:
+        stream = self._watches[1].stream(
+            custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=1800
+        )
+        for ev in stream:
+            obj = ev["object"]
+            name = obj["metadata"]["name"]
+            if (obj.get("status") or {}).get("phase") == "Running":
+                self.job_running.setdefault(name, time.monotonic())
+
+    def figures(self, jobs: int, timeout: float = 120) -> tuple[float, float, float]:
+        """(median, p99, max) seconds, once every job has said Running."""
+        deadline = time.monotonic() + timeout
+        while len(self.job_running) < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for w in self._watches:
+            w.stop()
+        last: dict[str, float] = {}
+        for job_name, t in self.pod_running.values():
+            last[job_name] = max(last.get(job_name, 0.0), t)
+        lags = sorted(max(self.job_running[j] - t, 0.0) for j, t in last.items()
+                      if j in self.job_running)  # fmt: skip
+        if len(lags) < jobs:
+            raise TimeoutError(f"only {len(lags)} of {jobs} jobs said Running")
+        p99 = lags[min(len(lags) - 1, round(0.99 * (len(lags) - 1)))]
+        return statistics.median(lags), p99, lags[-1]
 
 
 def run_operator(core, custom, rep: int, pods: int, pid: int) -> tuple[float, float]:
@@ -244,23 +342,36 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
                 f"(medians of {args.repeats}; operator CPU {gang_cpu:.2f}s)"
             )
             return
-        # 2. Many jobs at once.
+        # 2. A burst of 50 jobs against the same objects created directly, alternating.
+        bursts, burst_directs = [], []
+        per = args.pods_per_job
+        for rep in range(args.burst_repeats):
+            burst_directs.append(run_burst_direct(core, args.burst_jobs, per))
+            ns = fresh_namespace(core, f"bench-burst-{rep}")
+            t0 = time.monotonic()
+            submit_jobs(custom, ns, args.burst_jobs, per)
+            selector = "distml.io/replica-type=worker"
+            bursts.append(wait_running(core, ns, selector, args.burst_jobs * per, t0))
+            custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+            while core.list_namespaced_pod(ns).items:
+                time.sleep(0.2)
+            drop_namespace(core, ns)
+            say(
+                f"burst round {rep + 1}: direct {burst_directs[-1]:.2f}s operator {bursts[-1]:.2f}s"
+            )
+        burst, burst_direct = statistics.median(bursts), statistics.median(burst_directs)
+
+        # 3. Many jobs at once.
         ns = fresh_namespace(core, "bench-many")
         total = args.jobs * args.pods_per_job
         say(f"operator: {args.jobs} jobs x {args.pods_per_job} pods submitted at once")
         before = metric(port, "distml_reconcile_duration_seconds_count")
+        stale = StatusStaleness(core, custom, ns)
         t0 = time.monotonic()
-        body = job("j", args.pods_per_job, 1)
-
-        def submit(i: int) -> None:
-            b = copy.deepcopy(body)
-            b["metadata"]["name"] = f"j{i:03d}"
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, b)
-
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(submit, range(args.jobs)))
+        submit_jobs(custom, ns, args.jobs, args.pods_per_job)
         submitted = time.monotonic() - t0
         many = wait_running(core, ns, "distml.io/replica-type=worker", total, t0, timeout=1200)
+        stale_median, stale_p99, stale_max = stale.figures(args.jobs)
         reconciles = metric(port, "distml_reconcile_duration_seconds_count") - before
         rss = peak_rss_mib(proc.pid)
     finally:
@@ -277,6 +388,10 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
     print(f"{'direct: Service naming every worker + the pods (s)':<58} {named:>12.2f}")
     print(f"{'  ratio to the pods alone':<58} {named / bare:>12.2f}x")
     print(f"{'operator CPU time during that start (s)':<58} {gang_cpu:>12.2f}")
+    what = f"{args.burst_jobs} jobs x {per} pods"
+    print(f"{f'direct: {what}: Services + pods at once -> Running (s)':<58} {burst_direct:>12.2f}")
+    print(f"{f'operator: {what} applied at once -> Running (s)':<58} {burst:>12.2f}")
+    print(f"{'ratio operator / direct (target <= 1.2)':<58} {burst / burst_direct:>12.2f}x")
     print(
         f"{f'{args.jobs} jobs x {args.pods_per_job} pods: submit time (s)':<58} {submitted:>12.2f}"
     )
@@ -284,6 +399,11 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
         f"{f'{args.jobs} jobs x {args.pods_per_job} pods: all {total} Running (s)':<58} "
         f"{many:>12.2f}"
     )
+    print(
+        f"{'status staleness, last pod Running -> job Running (s)':<58} "
+        f"{'median':>6} {stale_median:>5.2f}"
+    )
+    print(f"{'  p99 (target < 2), max':<58} {stale_p99:>6.2f} {stale_max:>5.2f}")
     print(f"{'operator peak RSS (MiB)':<58} {rss:>12.1f}")
     print(
         f"{'operator reconciles (count, per second)':<58} "

@@ -195,14 +195,18 @@ def plan_queue(
     pods: list[Obj],
     now: dt.datetime,
     backfill_seconds: float = 300.0,
+    until: str = "",
 ) -> dict[str, Verdict]:
-    """A verdict for every waiting gang (by UID), taken in queue order against one ledger."""
+    """A verdict for every waiting gang (by UID), taken in queue order against one ledger; with
+    `until`, only as far as that gang (what is behind it cannot change its verdict)."""
     ledger = build_ledger(nodes, pods, gangs)
     free = ledger.free
     waiting = sorted((g for g in gangs if g.admitted is None), key=lambda g: g.key)
     verdicts: dict[str, Verdict] = {}
     starved: list[tuple[Gang, set[str]]] = []  # heads past the backfill bound, and their nodes
     for position, gang in enumerate(waiting, start=1):
+        if until and until in verdicts:
+            break
         cands = ledger.candidates(gang)
         place = f"{_ordinal(position)} in the queue"
         if not gang.gpus_per_replica:

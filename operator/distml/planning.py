@@ -93,6 +93,12 @@ def read_status(job: Obj) -> TrainingJobStatus:
     return TrainingJobStatus.model_validate(job.get("status") or {})
 
 
+def status_changed(job: Obj, status: Obj) -> bool:
+    """Whether `status` says something the job's stored status does not. The stored one has no
+    nulls (a merge patch removes them), so both are compared as the model reads them."""
+    return status != dump_status(read_status(job))
+
+
 @dataclass
 class World:
     """What the handler gathered for one reconcile."""
@@ -547,6 +553,7 @@ class _Builder:
             self.w.cluster_pods,
             self.w.now,
             self.settings.backfill_seconds,
+            until=mine.uid,
         )[mine.uid]
         if not verdict.admitted:
             kind = "Warning" if verdict.reason == "NoNodeFits" else "Normal"

@@ -401,3 +401,14 @@ def test_a_queued_job_shows_its_place_in_the_queue():
     p = plan_reconcile(world, SETTINGS)
     assert p.status["phase"] == "Queued" and p.status["queuePosition"] == 2
     assert p.status["message"].startswith("2nd in the queue")
+
+
+def test_a_status_stored_without_its_nulls_is_not_written_again():
+    from distml.planning import status_changed
+
+    job = make_job().replicas(2).obj()
+    p = plan(job)
+    job["status"] = {k: v for k, v in p.status.items() if v is not None}  # as the API keeps it
+    assert not status_changed(job, p.status)
+    job["status"]["phase"] = "Queued"
+    assert status_changed(job, p.status)

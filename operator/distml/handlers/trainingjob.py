@@ -22,7 +22,15 @@ from distml import admission, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
 from distml.kube import AsyncWriter, Kube, WatchExpired, api_message
-from distml.planning import Plan, Settings, World, demand, iso, plan_reconcile
+from distml.planning import (
+    Plan,
+    Settings,
+    World,
+    demand,
+    iso,
+    plan_reconcile,
+    status_changed,
+)
 
 log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
@@ -349,7 +357,7 @@ class Operator:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
             await self.io(self.kube.delete_job, *key)
             return []
-        changed = plan.status != (job.get("status") or {})
+        changed = status_changed(job, plan.status)
         if changed:
             await self.write_status(job, plan.status)
         results = await asyncio.gather(
