@@ -488,9 +488,9 @@ class _Builder:
         self.plan.resized = True
         self.requeue(1.0)
 
-    def release_refused(self, cur: list[Obj]) -> None:
-        """The API refused some of the gang's objects: a half gang would hold its GPUs for
-        nothing, so release it whole and try again after a backoff."""
+    def release_gang(self, cur: list[Obj]) -> float:
+        """Deletes the generation's pods and queues the gang again after a backoff that grows
+        with its attempts; returns the backoff."""
         attempts = max(self.status.gang_attempts, 1)
         wait = backoff_seconds(
             attempts, self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds
@@ -499,6 +499,12 @@ class _Builder:
         self.new_generation()
         self.status.next_attempt_time = iso(self.w.now + dt.timedelta(seconds=wait))
         self.status.queued_time = self.now
+        return wait
+
+    def release_refused(self, cur: list[Obj]) -> None:
+        """The API refused some of the gang's objects: a half gang would hold its GPUs for
+        nothing, so release it whole and try again after a backoff."""
+        wait = self.release_gang(cur)
         first = self.w.refused[0]
         more = f" (and {len(self.w.refused) - 1} more)" if len(self.w.refused) > 1 else ""
         self.plan.refused = True
@@ -607,14 +613,7 @@ class _Builder:
             self.requeue(left if left > 0 else self.settings.queued_recheck_seconds)
             return
         running = sum(podstate.phase(p) == "Running" for p in cur)
-        attempts = max(self.status.gang_attempts, 1)
-        wait = backoff_seconds(
-            attempts, self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds
-        )
-        self.delete(cur)
-        self.new_generation()
-        self.status.next_attempt_time = iso(self.w.now + dt.timedelta(seconds=wait))
-        self.status.queued_time = self.now
+        wait = self.release_gang(cur)
         self.plan.gang_timeout = True
         self.phase(
             Phase.QUEUED,
