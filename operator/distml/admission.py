@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distml import labels, podstate
+from distml.nodefit import ANY_NODE, NodeFilter
 
 Obj = dict[str, Any]
-_BLOCKING_TAINTS = ("NoSchedule", "NoExecute")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Gang:
     replicas: int
     gpus_per_replica: int
     generation: int = 0  # the restart generation being admitted or run
-    node_selector: tuple[tuple[str, str], ...] = ()
+    nodes: NodeFilter = ANY_NODE  # where its pods may run: selector, affinity, taints
     priority: int = 0
     created: str = ""  # RFC 3339; orders gangs of one priority
     restarting: bool = False  # lost its pods: goes to the head of the queue
@@ -68,7 +68,7 @@ class Gang:
 @dataclass(frozen=True)
 class Verdict:
     admitted: bool
-    reason: str  # Admitted | InsufficientGPUs | NoNodeFits | WaitingInQueue
+    reason: str  # Admitted | InsufficientGPUs | NoNodeFits | NoMatchingNode | WaitingInQueue
     message: str
     position: int | None = None  # 1-based place among the waiting gangs
     nodes: tuple[str, ...] = ()  # the node of each rank, when admitted (CPU-only: "")
@@ -80,24 +80,23 @@ class Ledger:
     """Free GPUs per usable node after pods and reservations; `overbooked` counts reserved ranks
     that found no room (their node died): a sign, not an error."""
 
-    free: dict[str, int]
-    node_labels: dict[str, dict[str, str]]
-    largest: dict[str, int]  # allocatable of every node (usable or not), for NoNodeFits
+    free: dict[str, int]  # ready, schedulable nodes only
+    nodes: dict[str, Obj]  # every node, ready or not
     overbooked: int = 0
 
     def candidates(self, gang: Gang) -> list[str]:
-        want = dict(gang.node_selector)
-        return [
-            n for n in self.free if all(self.node_labels[n].get(k) == v for k, v in want.items())
-        ]
+        """The usable nodes the gang's pods may be bound to."""
+        return [n for n in self.free if gang.nodes.matches(self.nodes[n])]
+
+    def largest(self, gang: Gang) -> int | None:
+        """The most GPUs any node the gang may use has at all (ready or not); None: no node
+        matches its selector, affinity and tolerations."""
+        sizes = [podstate.node_gpus(n) for n in self.nodes.values() if gang.nodes.matches(n)]
+        return max(sizes) if sizes else None
 
 
 def _usable(node: Obj) -> bool:
-    spec = node.get("spec") or {}
-    for taint in spec.get("taints") or []:
-        if taint.get("effect") in _BLOCKING_TAINTS and taint.get("key") != labels.GPU_TAINT_KEY:
-            return False
-    return podstate.node_ready(node) and not spec.get("unschedulable")
+    return podstate.node_ready(node) and not (node.get("spec") or {}).get("unschedulable")
 
 
 def owner_uid(pod: Obj) -> str:
@@ -117,12 +116,8 @@ def _best_fit(free: dict[str, int], nodes: Iterable[str], gpus: int) -> str | No
 def build_ledger(nodes: list[Obj], pods: list[Obj], gangs: list[Gang]) -> Ledger:
     """What is free once every live GPU pod and every admitted gang's reservation is counted."""
     free = {n["metadata"]["name"]: podstate.node_gpus(n) for n in nodes if _usable(n)}
-    ledger = Ledger(
-        free=free,
-        node_labels={n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes},
-        largest={n["metadata"]["name"]: podstate.node_gpus(n) for n in nodes},
-    )
-    known = {n["metadata"]["name"] for n in nodes}
+    ledger = Ledger(free=free, nodes={n["metadata"]["name"]: n for n in nodes})
+    known = ledger.nodes.keys()
     seen: set[tuple[str, int, int]] = set()  # (owner uid, generation, rank) of live pods
     unscheduled = []
     for pod in pods:
@@ -215,14 +210,18 @@ def plan_queue(
                 ("",) * gang.replicas,
             )  # fmt: skip
             continue
-        selected = [
-            n
-            for n, lab in ledger.node_labels.items()
-            if all(lab.get(k) == v for k, v in gang.node_selector)
-        ]
-        largest = max((ledger.largest[n] for n in selected), default=0)
+        largest = ledger.largest(gang)
         need = f"{gang.replicas} x {gang.gpus_per_replica} {labels.GPU}"
-        if selected and gang.gpus_per_replica > largest:
+        if largest is None:
+            verdicts[gang.uid] = Verdict(
+                False,
+                "NoMatchingNode",
+                f"{place}: no node matches the pod template's nodeSelector, required node "
+                "affinity and tolerations",
+                position,
+            )
+            continue
+        if gang.gpus_per_replica > largest:
             verdicts[gang.uid] = Verdict(
                 False,
                 "NoNodeFits",

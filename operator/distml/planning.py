@@ -30,6 +30,7 @@ from distml.api.models import (
     TrainingJobStatus,
 )
 from distml.conditions import set_phase_condition
+from distml.nodefit import NodeFilter
 from distml.policies.restart import Failure, backoff_seconds, decide_restart
 
 Obj = dict[str, Any]
@@ -139,7 +140,9 @@ def demand(job: Obj) -> admission.Gang | None:
         admitted = tuple(adm.get("nodes") or ()) or ("",) * replicas
     elif phase in (Phase.CREATING, Phase.RUNNING) and status.get("admittedTime"):
         admitted = ("",) * replicas  # admitted by an operator that kept no admission record
-    selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+    nodes = NodeFilter.of((spec.get("template") or {}).get("spec") or {})
+    if gpus:
+        nodes = nodes.tolerating(rendering.GPU_TOLERATION)  # what render_worker_pod adds
     return admission.Gang(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),
@@ -147,7 +150,7 @@ def demand(job: Obj) -> admission.Gang | None:
         replicas=replicas,
         gpus_per_replica=gpus,
         generation=generation,
-        node_selector=tuple(sorted(selector.items())),
+        nodes=nodes,
         priority=int(spec.get("priority", 0)),
         created=str(meta.get("creationTimestamp", "")),
         restarting=phase == Phase.RESTARTING,
@@ -562,7 +565,7 @@ class _Builder:
             until=mine.uid,
         )[mine.uid]
         if not verdict.admitted:
-            kind = "Warning" if verdict.reason == "NoNodeFits" else "Normal"
+            kind = "Warning" if verdict.reason in ("NoNodeFits", "NoMatchingNode") else "Normal"
             self.status.queue_position = verdict.position
             self.phase(Phase.QUEUED, verdict.reason, verdict.message, kind)
             self.requeue(self.settings.queued_recheck_seconds)

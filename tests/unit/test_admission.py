@@ -7,13 +7,16 @@ import random
 
 import pytest
 
-from distml import admission
+from distml import admission, rendering
 from distml.admission import Gang, build_ledger, plan_queue
+from distml.nodefit import NodeFilter
 
 from .builders import at, make_node, make_pod, nodes
 
 
-def gang(name, replicas=1, gpus=8, ns="team", created=0, **kw) -> Gang:
+def gang(name, replicas=1, gpus=8, ns="team", created=0, node_selector=(), **kw) -> Gang:
+    """A gang whose template has `node_selector` and the GPU toleration rendering adds."""
+    template = {"nodeSelector": dict(node_selector), "tolerations": [rendering.GPU_TOLERATION]}
     return Gang(
         uid=f"{ns}-{name}",
         namespace=ns,
@@ -21,6 +24,7 @@ def gang(name, replicas=1, gpus=8, ns="team", created=0, **kw) -> Gang:
         replicas=replicas,
         gpus_per_replica=gpus,
         created=f"2026-01-01T12:00:{created:02d}Z",
+        nodes=NodeFilter.of(template),
         **kw,
     )
 
@@ -207,3 +211,26 @@ def test_ordinals():
     assert [admission._ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st",
     ]  # fmt: skip
+
+
+def test_the_admission_places_ranks_only_where_the_templates_affinity_allows():
+    """The scheduler would never bind these pods to n1 or n3: the admission must not place them
+    there, however free they are, and waits when the allowed nodes are full."""
+    template = {
+        "tolerations": [rendering.GPU_TOLERATION],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": ["n0", "n2"]}]}]}}},
+    }  # fmt: skip
+    cluster = [make_node(f"n{i}", **{"kubernetes.io/hostname": f"n{i}"}) for i in range(4)]
+    g = Gang("u", "team", "pinned", 2, 8, nodes=NodeFilter.of(template))
+    assert sorted(verdict([g], cluster=cluster)["u"].nodes) == ["n0", "n2"]
+    busy = [make_pod("other", 0).on("n2").running().obj()]
+    v = verdict([g], cluster=cluster, pods=busy)["u"]
+    assert not v.admitted and "room for 1 now" in v.message and "n1" not in v.message
+
+
+def test_a_template_no_node_matches_says_so():
+    g = gang("typo", 1, 8, node_selector=(("pool", "gpu-a100-typo"),))
+    v = verdict([g])["team-typo"]
+    assert v.reason == "NoMatchingNode" and "nodeSelector" in v.message

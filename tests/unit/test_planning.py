@@ -393,9 +393,11 @@ def test_the_namespace_level_applies_and_node_name_is_refused():
 
 
 def test_a_queued_job_shows_its_place_in_the_queue():
-    from distml.admission import Gang
+    from distml.planning import demand
 
-    ahead = Gang("u0", "team", "first", 4, 8, created="2025-01-01T00:00:00Z")
+    first = make_job("first").replicas(4).obj()
+    first["metadata"].update(uid="u0", creationTimestamp="2025-01-01T00:00:00Z")
+    ahead = demand(first)
     world = World(job=make_job().obj(), pods=[], nodes=nodes(4), cluster_pods=[], now=at(0),
                   gangs=[ahead])  # fmt: skip
     p = plan_reconcile(world, SETTINGS)

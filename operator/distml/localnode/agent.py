@@ -419,6 +419,11 @@ class NodeAgent:
                 self.spawn(PodRunner(self, pod, []).lost())
                 continue
             want = podstate.gpu_request(pod)
+            if want > len(self.free_gpus):
+                # A pod that just ended is already terminal in the API, so the scheduler bound
+                # this one to its GPUs; they come free when its runner is done (release() wakes
+                # the sync again). Never start a pod with fewer GPUs than it asked for.
+                continue
             devices, self.free_gpus = self.free_gpus[:want], self.free_gpus[want:]
             runner = PodRunner(self, pod, devices)
             self.runners[uid] = runner
