@@ -110,25 +110,27 @@ def drop_namespace(core: client.CoreV1Api, name: str) -> None:
         time.sleep(0.2)
 
 
-def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The operator as a process; returns once its readiness probe says its caches are synced."""
+    port, health = _port(), _port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    argv = [sys.executable, "-m", "distml", "--metrics-port", str(port), "--health-port",
+            str(health)]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "distml", "--metrics-port", str(port), "--liveness", ""],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     for _ in range(300):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+            urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=1)
             return proc, port
-        except OSError:
+        except OSError:  # not answering yet, or 503: not ready
             time.sleep(0.2)
-    raise TimeoutError("operator did not start")
+    raise TimeoutError("operator did not get ready")
 
 
 def metric(port: int, name: str) -> float:

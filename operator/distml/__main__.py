@@ -18,7 +18,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from distml import podpolicy
+from distml import health, podpolicy
 from distml.handlers.settings import NoDiffBase
 from distml.handlers.trainingjob import Operator, register
 from distml.kube import Kube
@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         help="watch only these namespaces (default: all)",
     )
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8080)))
-    ap.add_argument("--liveness", default="http://0.0.0.0:8081/healthz")
+    ap.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("HEALTH_PORT", 8081)),
+        help="serve /healthz and /readyz here (0: off)",
+    )
     ap.add_argument("--peering", default="", help="kopf peering name for HA (one active replica)")
     ap.add_argument(
         "--backoff-base-seconds",
@@ -134,17 +139,20 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("distml").info(
                 "peering %r with priority %d", args.peering, settings.peering.priority
             )
+
+    async def run() -> None:
+        # Metrics and probes answer from the start, while the caches wait for the API server.
         if args.metrics_port:
             start_http_server(args.metrics_port)
-
-    asyncio.run(
-        kopf.operator(
+        if args.health_port:
+            await health.serve(args.health_port, op.ready)
+        await kopf.operator(
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             standalone=not args.peering,
-            liveness_endpoint=args.liveness or None,
         )
-    )
+
+    asyncio.run(run())
     return 0
 
 

@@ -55,6 +55,12 @@ class Kube:
                 raise
 
 
+def _rbac_denial(code: int, text: str) -> bool:
+    """A 403 from the authorizer (`User "..." cannot create resource ...`), not from admission
+    (Pod Security, a quota, a webhook), which refuses what was asked, not who asked."""
+    return code == 403 and '" cannot ' in api_message(text)
+
+
 def api_message(text: str) -> str:
     """The `message` of a Kubernetes Status answer, else the text itself."""
     try:
@@ -126,7 +132,10 @@ class AsyncWriter:
             if code < 300 and owner & theirs:
                 return False
             return f"{obj['kind']} {name} already exists and is not owned by this job"
-        if resp.status in (408, 429) or resp.status >= 500:
+        if resp.status in (408, 429) or resp.status >= 500 or _rbac_denial(resp.status, text):
+            # Retried as they are: throttling, a server error, or RBAC that does not let the
+            # operator create this (a starting API server's authorizer, or a broken install):
+            # the gang is no reason to give up its admission.
             raise RuntimeError(f"creating {obj['kind']} {name}: {resp.status} {text}")
         return f"{obj['kind']} {name}: {api_message(text)}"
 

@@ -44,3 +44,17 @@ EVENTS_FAILED = Counter("distml_events_failed", "Events the API refused; the rec
 GPUS_RESERVED = Gauge(
     "distml_gpus_admitted", "GPUs of the gangs admitted now (reserved in the ledger or held)"
 )
+NODES_DISRUPTED = Gauge(
+    "distml_nodes_disrupted",
+    "NotReady nodes taken for an outage (most nodes of the cluster or a zone NotReady together, "
+    "and those not reported back yet since); pods on them are not restarted",
+)
+RESTARTS_HELD = Counter(
+    "distml_restarts_held",
+    "Reconciles that held a job's pods on disrupted nodes instead of restarting it",
+)
+ORPHANS_DELETED = Counter(
+    "distml_orphans_deleted",
+    "Pods and Services of a TrainingJob that no longer exists, deleted by the operator",
+    ["kind"],
+)

@@ -17,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from distml import admission, podpolicy, podstate, rendering
+from distml import admission, labels, podpolicy, podstate, rendering
 from distml.api.models import (
     FINISHED,
     Admission,
@@ -31,6 +31,7 @@ from distml.api.models import (
 )
 from distml.conditions import set_phase_condition
 from distml.nodefit import NodeFilter
+from distml.policies import disruption
 from distml.policies.restart import Failure, backoff_seconds, decide_restart
 
 Obj = dict[str, Any]
@@ -74,6 +75,7 @@ class Plan:
     restarted: bool = False
     resized: bool = False
     refused: bool = False  # a create the API refused released the gang
+    disrupted: bool = False  # pods on nodes NotReady in a disruption: no restart for them
     preflight_busbw_gbps: float | None = None  # measured by this generation's preflight
 
 
@@ -113,6 +115,8 @@ class World:
     namespace: Obj | None = None  # the job's namespace (its Pod Security level)
     # What the API refused when this generation's objects were last created (quoted messages).
     refused: list[str] = field(default_factory=list)
+    # NotReady nodes still held after a disruption ended (see distml.policies.disruption.hold).
+    held_nodes: frozenset[str] = frozenset()
 
 
 def _current_admission(status: TrainingJobStatus) -> Admission | None:
@@ -170,10 +174,17 @@ class _Builder:
         self.plan = Plan()
         self.now = iso(w.now)
         self.nodes = {n["metadata"]["name"]: n for n in w.nodes}
+        self.disruption = disruption.find(w.nodes)
         # Pods of an earlier job of the same name are not ours, whatever their labels say; the
         # garbage collector removes them, and creating ours waits until their names are free.
         uid = self.meta.get("uid")
         self.pods = [p for p in w.pods if admission.owner_uid(p) == uid]
+        self.predecessors = [
+            p
+            for p in w.pods
+            if admission.owner_uid(p) != uid
+            and (p["metadata"].get("labels") or {}).get(labels.MANAGED_BY) == labels.OPERATOR
+        ]
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -181,8 +192,19 @@ class _Builder:
     def generation(self) -> int:
         return self.status.restart_generation
 
-    def phase(self, phase: Phase, reason: str, message: str, event_type: str = "Normal") -> None:
+    def phase(
+        self,
+        phase: Phase,
+        reason: str,
+        message: str,
+        event_type: str = "Normal",
+        announce_reason_once: bool = False,
+    ) -> None:
+        """Sets the phase and its condition; an Event when they change (with
+        `announce_reason_once`, only when the reason does: its message counts something)."""
         changed = self.old.phase != phase or self.old.message != message
+        if announce_reason_once:
+            changed = self.old.phase != phase or self.old.reason != reason
         self.status.phase = phase
         self.status.reason = reason
         self.status.message = message
@@ -207,6 +229,17 @@ class _Builder:
         if not node:
             return False
         return node not in self.nodes or not podstate.node_ready(self.nodes[node])
+
+    def held(self, pod: Obj) -> bool:
+        """A live pod whose node is NotReady because of a disruption (not lost; see
+        distml.policies.disruption)."""
+        node = podstate.node_name(pod)
+        return (
+            not podstate.is_terminal(pod)
+            and node in self.nodes
+            and not podstate.node_ready(self.nodes[node])
+            and (self.disruption.covers(node) or node in self.w.held_nodes)
+        )
 
     def delete(self, pods: list[Obj], only_live: bool = False) -> None:
         for pod in pods:
@@ -356,6 +389,18 @@ class _Builder:
         if failures:
             self.on_failures(failures, cur)
             return
+        if any(self.held(p) for p in cur):
+            # Their nodes went NotReady with most others: an outage, not a loss. Hold on.
+            message = self.disruption.message if self.disruption else (
+                "nodes NotReady in a disruption that has ended have not reported yet: waiting "
+                f"up to {disruption.RECOVERY_GRACE_SECONDS:.0f}s for them before taking them "
+                "for lost"
+            )  # fmt: skip
+            self.phase(Phase(self.old.phase or Phase.RUNNING), "NodesDisrupted", message,
+                       "Warning", announce_reason_once=True)  # fmt: skip
+            self.plan.disrupted = True
+            self.requeue(5)
+            return
         want = self.spec.replicas if self.spec.elastic else adm.replicas
         if len(cur) < want or any(podstate.is_deleting(p) for p in cur):
             present = {podstate.rank(p) for p in cur if not podstate.is_deleting(p)}
@@ -441,7 +486,7 @@ class _Builder:
                         podstate.failure_reason(pod),
                     )
                 )
-            elif not podstate.is_terminal(pod) and self.node_dead(pod):
+            elif not podstate.is_terminal(pod) and self.node_dead(pod) and not self.held(pod):
                 node = podstate.node_name(pod)
                 why = "gone" if node not in self.nodes else "NotReady"
                 out.append(Failure(podstate.rank(pod), name, None, f"its node {node} is {why}"))
@@ -521,6 +566,17 @@ class _Builder:
         self.requeue(wait)
 
     def start_gang(self) -> None:
+        if self.predecessors:
+            # A job deleted and created again under this name: its pods hold our pod names
+            # until the garbage collector, or the operator's own orphan sweep, deletes them.
+            self.phase(
+                Phase.QUEUED,
+                "WaitingForPredecessor",
+                f"waiting for {len(self.predecessors)} pods of an earlier TrainingJob named "
+                f"{self.meta['name']} to go",
+            )
+            self.requeue(1.0)
+            return
         if any(not podstate.is_terminal(p) or podstate.is_deleting(p) for p in self.stale()):
             if self.old.phase not in (Phase.RESTARTING, Phase.QUEUED):
                 self.phase(

@@ -43,3 +43,18 @@ def gpu_pod(name: str, gpus: int, node_selector: dict | None = None, **meta: dic
             "terminationGracePeriodSeconds": 30,
         },
     }
+
+
+def settled(core, namespace: str, timeout: float = 120.0) -> None:
+    """After an API server restart: waits until the scheduler and the simulated nodes act again
+    (their own clients back off while it is away), so that the next test does not pay for it."""
+    import uuid
+
+    name = f"settle-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_pod(namespace, gpu_pod(name, 0, {"type": "kwok"}))
+    wait_for(
+        "a pod scheduled and Running again",
+        lambda: core.read_namespaced_pod(name, namespace).status.phase == "Running",
+        timeout=timeout,
+    )
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)

@@ -30,6 +30,10 @@ def get(custom: client.CustomObjectsApi, ns: str, name: str) -> dict:
     return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
 
+def delete(custom: client.CustomObjectsApi, ns: str, name: str) -> None:
+    custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
 def patch_spec(custom: client.CustomObjectsApi, ns: str, name: str, spec: dict) -> None:
     custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"spec": spec})
 
@@ -60,3 +64,21 @@ def event_reasons(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
     ).items
     # Timestamps have one-second resolution; etcd's revision orders events within a second.
     return [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]
+
+
+def running_pods(core, ns: str, name: str, n: int, gen: int = 0, timeout: float = 60) -> list:
+    """Waits for `n` live, Running pods of the job's restart generation `gen`."""
+
+    def ok():
+        ps = [
+            p
+            for p in live_pods(core, ns, name)
+            if p.metadata.labels["distml.io/restart-generation"] == str(gen)
+        ]
+        return ps if len(ps) == n and all(p.status.phase == "Running" for p in ps) else None
+
+    try:
+        return wait_for(f"{n} Running pods of {name} generation {gen}", ok, timeout=timeout)
+    except AssertionError as err:  # say what the job itself reports, for whoever reads the failure
+        st = status(client.CustomObjectsApi(core.api_client), ns, name)
+        raise AssertionError(f"{err}; the job's status: {st}") from None

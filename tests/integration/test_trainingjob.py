@@ -20,20 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-def running_pods(core, ns, name, n, gen=0):
-    def ok():
-        ps = [
-            p
-            for p in jobs.live_pods(core, ns, name)
-            if p.metadata.labels["distml.io/restart-generation"] == str(gen)
-        ]
-        return ps if len(ps) == n and all(p.status.phase == "Running" for p in ps) else None
-
-    try:
-        return wait_for(f"{n} Running pods of {name} generation {gen}", ok, timeout=60)
-    except AssertionError as err:  # say what the job itself reports, for whoever reads the failure
-        status = jobs.status(client.CustomObjectsApi(core.api_client), ns, name)
-        raise AssertionError(f"{err}; the job's status: {status}") from None
+running_pods = jobs.running_pods
 
 
 def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(

@@ -59,7 +59,7 @@ def test_operator_deployment_meets_the_restricted_pod_security_standard():
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["image"] == "ghcr.io/distml/distml-operator:0.1.0"
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from distml import labels
 from distml.planning import Settings, World, plan_reconcile
 
 from .builders import at, make_job, make_node, make_pod, nodes, stamp
@@ -233,10 +234,18 @@ def test_pod_deleted_under_a_running_job_restarts_the_group():
     assert p.status["phase"] == "Restarting" and "was deleted" in p.status["message"]
 
 
-def test_pods_of_an_earlier_job_with_the_same_name_are_not_adopted():
+def test_pods_of_an_earlier_job_with_the_same_name_are_not_adopted_but_waited_for():
+    """They hold our pod names until they go; creating into them would only be refused."""
     ghosts = [make_pod("llm", r).owned_by("uid-0").running().obj() for r in range(2)]
+    for g in ghosts:
+        g["metadata"]["labels"][labels.MANAGED_BY] = labels.OPERATOR
     p = plan(make_job().obj(), ghosts)
-    assert p.status["phase"] == "Creating" and len(names(p)) == 2
+    assert p.status["phase"] == "Queued" and p.status["reason"] == "WaitingForPredecessor"
+    assert p.create == [] and "2 pods of an earlier TrainingJob" in p.status["message"]
+    assert p.requeue_after == 1.0
+    # A pod someone else labelled with the job's name is no predecessor: it is not waited on.
+    foreign = make_pod("llm", 0).owned_by("uid-0").running().obj()
+    assert plan(make_job().obj(), [foreign]).status["phase"] == "Creating"
 
 
 def _verdict(passed, busbw, slowest="n0 <-> n1", gbps=0.4):
@@ -414,3 +423,49 @@ def test_a_status_stored_without_its_nulls_is_not_written_again():
     assert not status_changed(job, p.status)
     job["status"]["phase"] = "Queued"
     assert status_changed(job, p.status)
+
+
+def test_pods_on_nodes_not_ready_together_are_held_not_restarted():
+    """Every node's heartbeat stopped at once (an API server outage): no restart, a Warning."""
+    cluster = [make_node(f"n{i}", ready=False) for i in range(4)]
+    pods = [make_pod("llm", r).on(f"n{r}").running().obj() for r in range(2)]
+    p = plan(running_job(), pods, cluster=cluster)
+    assert p.status["phase"] == "Running" and p.status["reason"] == "NodesDisrupted"
+    assert p.delete == [] and p.create == [] and p.status.get("restarts", 0) == 0
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "NodesDisrupted")]
+    assert "4 of 4 nodes" in p.status["message"] and p.disrupted
+    # Once the nodes report again, it is simply running.
+    held = {**running_job(), "status": {**running_job()["status"], **p.status}}
+    p2 = plan(held, pods)
+    assert p2.status["reason"] == "Running" and p2.status.get("restarts", 0) == 0
+
+
+def test_a_pod_that_failed_during_a_disruption_still_restarts_the_group():
+    cluster = [make_node(f"n{i}", ready=i == 0) for i in range(4)]
+    pods = [
+        make_pod("llm", 0).on("n0").exited(137).obj(),
+        make_pod("llm", 1).on("n1").running().obj(),
+    ]
+    p = plan(running_job(), pods, cluster=cluster)
+    assert p.status["phase"] == "Restarting" and p.status["restarts"] == 1
+
+
+def test_a_node_still_held_after_the_disruption_ended_is_waited_for_not_lost():
+    cluster = [make_node(f"n{i}", ready=i != 1) for i in range(4)]  # one left: no disruption
+    pods = [make_pod("llm", r).on(f"n{r}").running().obj() for r in range(2)]
+    world = World(job=running_job(), pods=pods, nodes=cluster, cluster_pods=pods, now=at(0),
+                  held_nodes=frozenset({"n1"}))  # fmt: skip
+    p = plan_reconcile(world, SETTINGS)
+    assert p.status["reason"] == "NodesDisrupted" and p.delete == [] and p.requeue_after == 5
+    assert "have not reported yet" in p.status["message"]
+    assert plan(running_job(), pods, cluster=cluster).status["phase"] == "Restarting"
+
+
+def test_a_disruption_is_announced_once_while_its_count_grows():
+    pods = [make_pod("llm", r).on(f"n{r}").running().obj() for r in range(2)]
+    first = [make_node(f"n{i}", ready=i >= 3) for i in range(4)]  # 3 of 4
+    p1 = plan(running_job(), pods, cluster=first)
+    job = running_job()
+    job["status"].update(p1.status)
+    p2 = plan(job, pods, cluster=[make_node(f"n{i}", ready=False) for i in range(4)])
+    assert "4 of 4" in p2.status["message"] and p2.events == []

@@ -50,7 +50,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "create", "delete"]  # list, delete: orphans of deleted jobs
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -10,6 +10,7 @@ them, so two jobs reconciled concurrently never see the same free GPUs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from distml import admission, labels, metrics, podstate
+from distml import admission, failpoints, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
 from distml.kube import AsyncWriter, Kube, WatchExpired, api_message
@@ -31,11 +32,16 @@ from distml.planning import (
     plan_reconcile,
     status_changed,
 )
+from distml.policies import disruption, orphans
 
 log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
+CACHES = (NODES, NAMESPACES, PODS)
 LIVE = "status.phase!=Succeeded,status.phase!=Failed"
 JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
+# Orphans (pods and Services of a job that is gone) are deleted within this period of the
+# job's deletion, whatever the garbage collector does.
+SWEEP_SECONDS = 10.0
 
 
 def _version(obj: dict[str, Any]) -> int:
@@ -88,6 +94,11 @@ class Operator:
         self._gang_versions: dict[str, int] = {}  # job uid -> resourceVersion the demand is from
         self._uids: dict[Key, str] = {}
         self.phases: dict[Key, str] = {}
+        self.disrupted = 0  # NotReady nodes whose pods are held (an outage, not node loss)
+        self.held_nodes: dict[str, float | None] = {}  # see disruption.hold
+        self.primed = False  # every cache filled once (jobs included)
+        self.synced: set[str] = set()  # caches whose LIST or WATCH is current
+        self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -104,7 +115,19 @@ class Operator:
         was = before is not None and podstate.node_ready(before)
         now = event_type != "DELETED" and podstate.node_ready(node)
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
+            self._note_disruption()
             self.workers.wake_all()
+
+    def _note_disruption(self) -> None:
+        found = disruption.find(self.nodes.values())
+        self.held_nodes = disruption.hold(
+            self.held_nodes, found, self.nodes.values(), time.monotonic()
+        )
+        if len(self.held_nodes) != self.disrupted:
+            self.disrupted = len(self.held_nodes)
+            metrics.NODES_DISRUPTED.set(self.disrupted)
+            if found:
+                log.warning("%s", found.message)
 
     def on_namespace(self, event_type: str, ns: dict[str, Any]) -> None:
         name = ns["metadata"]["name"]
@@ -141,12 +164,21 @@ class Operator:
         if deleted:
             self._drop_gang(uid)
             self._uids.pop(key, None)
+            self.sweep_soon.set()
             return
         version = _version(job)
         if version and version < self._gang_versions.get(uid, 0):
             return
-        self._uids[key] = uid
+        self._replaced(key, uid)
         self._set_gang(uid, demand(job), version)
+
+    def _replaced(self, key: Key, uid: str) -> None:
+        """`uid` is the job named `key` now: one that had the name before is gone (its DELETED
+        event may never come, as when it fell into a broken watch), and so is its demand."""
+        before = self._uids.get(key)
+        if before and before != uid:
+            self._drop_gang(before)
+        self._uids[key] = uid
 
     def _set_gang(self, uid: str, gang: admission.Gang | None, version: int) -> None:
         before = self.gangs.get(uid)
@@ -170,6 +202,7 @@ class Operator:
         """A fresh LIST: what it lacks is gone."""
         if path == NODES:
             self.nodes = {n["metadata"]["name"]: n for n in items}
+            self._note_disruption()
         elif path == NAMESPACES:
             self.namespaces = {n["metadata"]["name"]: n for n in items}
         else:
@@ -184,6 +217,7 @@ class Operator:
         params = {"fieldSelector": LIVE} if path == PODS else {}
         items, version = await self.writer.list_objects(path, **params)
         self.replace(path, items)
+        self.synced.add(path)
         return version
 
     async def prime(self) -> dict[str, str]:
@@ -191,16 +225,23 @@ class Operator:
         known); returns where each watch starts. An API server that is down or still starting
         is asked again within a second or two, for as long as it takes."""
         versions = {}
-        for path in (NODES, NAMESPACES, PODS):
+        for path in CACHES:
             versions[path] = await _retrying(self.relist, path)
-        paths = [f"{JOBS_PATH}/namespaces/{ns}/{PLURAL}" for ns in self.watched] or [
-            f"{JOBS_PATH}/{PLURAL}"
-        ]
-        for path in paths:
+        for path in self._scopes(JOBS_PATH, PLURAL):
             items, _ = await _retrying(self.writer.list_objects, path)
             for job in items:
                 self.on_job(job)
+        self.primed = True
         return versions
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the caches are warm and every watch is current (the readiness probe)."""
+        if not self.primed:
+            return False, "warming up: the caches are not filled yet (is the API server up?)"
+        stale = [p for p in CACHES if p not in self.synced]
+        if stale:
+            return False, f"re-listing after a broken watch: {', '.join(stale)}"
+        return True, "caches synced"
 
     async def follow(self, path: str, resource_version: str) -> None:
         """Keeps a cache current for as long as the operator runs: watch, and LIST again when
@@ -214,6 +255,7 @@ class Operator:
             except Exception as err:
                 if not isinstance(err, WatchExpired):
                     log.warning("watch of %s broke (%s); listing again", path, err)
+                    self.synced.discard(path)
                     await asyncio.sleep(1.0)
                 try:
                     resource_version = await self.relist(path)
@@ -222,6 +264,70 @@ class Operator:
                 except Exception as err2:
                     log.warning("listing %s failed (%s); retrying", path, err2)
                     await asyncio.sleep(1.0)
+
+    def _scopes(self, api: str, resource: str) -> list[str]:
+        return [f"{api}/namespaces/{ns}/{resource}" for ns in self.watched] or [f"{api}/{resource}"]
+
+    async def sweep_orphans(self) -> int:
+        """Deletes pods and Services made for a TrainingJob that no longer exists (see
+        distml.policies.orphans); returns how many."""
+        managed = {"labelSelector": f"{labels.MANAGED_BY}={labels.OPERATOR}"}
+        objects: list[tuple[str, dict[str, Any]]] = []
+        for kind, resource in (("Pod", "pods"), ("Service", "services")):
+            for path in self._scopes("/api/v1", resource):
+                items, _ = await self.writer.list_objects(path, **managed)
+                objects += [(kind, o) for o in items]
+        live: set[str] = set()
+        for path in self._scopes(JOBS_PATH, PLURAL):  # after the objects: see orphans.find
+            jobs, listed = await self.writer.list_objects(path)
+            live.update(j["metadata"]["uid"] for j in jobs if not j["metadata"].get(
+                "deletionTimestamp"))  # fmt: skip
+            self._forget_missing({j["metadata"]["uid"] for j in jobs}, int(listed or 0), path)
+        found = [
+            o
+            for kind in ("Pod", "Service")
+            for o in orphans.find((x for k, x in objects if k == kind), KIND, live, kind)
+            if not self.terminating(o.namespace)
+        ]
+        for o in found:
+            resource = "pods" if o.kind == "Pod" else "services"
+            path = f"/api/v1/namespaces/{o.namespace}/{resource}/{o.name}"
+            code, answer = await self.writer.request(
+                "DELETE", path, {"preconditions": {"uid": o.uid}}
+            )
+            if code < 300 or code in (404, 409):  # gone already, or replaced by a new one
+                log.warning("deleted orphan %s %s/%s: its TrainingJob (uid %s) is gone",
+                            o.kind, o.namespace, o.name, o.owner_uid)  # fmt: skip
+                metrics.ORPHANS_DELETED.labels(kind=o.kind).inc()
+            else:
+                log.warning("could not delete orphan %s %s/%s: %s %s", o.kind, o.namespace,
+                            o.name, code, answer.get("message"))  # fmt: skip
+        return len(found)
+
+    def _forget_missing(self, listed: set[str], version: int, path: str) -> None:
+        """Drops the demand of every job a LIST at `version` no longer has, when the demand was
+        recorded before it (a job created since is not in the list, yet alive)."""
+        scope = path.split("/namespaces/")[1].split("/")[0] if "/namespaces/" in path else None
+        for uid, gang in list(self.gangs.items()):
+            if scope is not None and gang.namespace != scope:
+                continue
+            if uid not in listed and self._gang_versions.get(uid, 0) <= version:
+                log.warning("forgetting %s: its TrainingJob is gone", gang.title)
+                self._drop_gang(uid)
+
+    async def sweep_forever(self, period: float) -> None:
+        """A sweep every `period`, and one a second after any job is deleted."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sweep_soon.wait(), timeout=period)
+            self.sweep_soon.clear()
+            await asyncio.sleep(1.0)  # the garbage collector goes first; a burst is one sweep
+            try:
+                await self.sweep_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("orphan sweep failed (%s); next in %.0fs", err, period)
 
     def terminating(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace) or {}
@@ -254,7 +360,7 @@ class Operator:
                 self.forget_job(key)
                 return None
             pods = await self.io(self.kube.list_job_pods, ns, name)
-            now = dt.datetime.now(dt.UTC)
+            now, t_now = dt.datetime.now(dt.UTC), time.monotonic()
             uid = job["metadata"]["uid"]
             world = World(
                 job=job,
@@ -265,10 +371,13 @@ class Operator:
                 gangs=[g for u, g in self.gangs.items() if u != uid],
                 namespace=self.namespaces.get(ns),
                 refused=refused,
+                held_nodes=frozenset(
+                    n for n, until in self.held_nodes.items() if until is None or until > t_now
+                ),
             )
             plan = plan_reconcile(world, self.settings)
             # The decision is assumed in the ledger before anything awaits (see the docstring).
-            self._uids[key] = uid
+            self._replaced(key, uid)
             self._set_gang(uid, demand({**job, "status": plan.status}), _version(job))
             refused = await self.apply(job, plan, now)
             requeue = plan.requeue_after
@@ -360,6 +469,7 @@ class Operator:
         changed = status_changed(job, plan.status)
         if changed:
             await self.write_status(job, plan.status)
+            failpoints.hit("after-status-write", str(plan.status.get("phase", "")))
         results = await asyncio.gather(
             *(self.writer.create(o) for o in plan.create),
             *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete),
@@ -398,6 +508,8 @@ class Operator:
             metrics.RESIZES.inc()
         if plan.refused:
             metrics.CREATES_REFUSED.inc()
+        if plan.disrupted:
+            metrics.RESTARTS_HELD.inc()
         if plan.preflight_busbw_gbps is not None:
             meta = job["metadata"]
             metrics.PREFLIGHT_BUSBW.labels(meta["namespace"], meta["name"]).set(
@@ -448,6 +560,7 @@ def register(op: Operator) -> None:
         versions = await op.prime()
         for path, version in versions.items():
             followers.append(asyncio.create_task(op.follow(path, version), name=f"follow {path}"))
+        followers.append(asyncio.create_task(op.sweep_forever(SWEEP_SECONDS), name="orphans"))
 
     @kopf.on.event(GROUP, VERSION, PLURAL)
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ def _say(msg: str) -> None:
 class LocalCluster:
     root: Path  # .cluster/
     bin_dir: Path  # bin/
+    # (stopped, answering again) wall-clock times of each API server outage made by stop_process
+    outages: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def kubeconfig(self) -> Path:
@@ -143,6 +145,25 @@ class LocalCluster:
         raise TimeoutError(
             f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
         )
+
+    def stop_process(self, name: str) -> list[str]:
+        """Stops one of the control plane's processes (e.g. kube-apiserver, as in an outage);
+        returns its command line, to start it again with `start_process`."""
+        pid = processes.running_pid(self._pids / f"{name}.pid")
+        if pid is None:
+            raise RuntimeError(f"{name} is not running")
+        argv = processes.command_line(pid)
+        if name == "kube-apiserver":
+            self.outages.append((time.time(), float("inf")))
+        processes.stop_all(self._pids, [], grace=5.0, only=name)
+        return argv
+
+    def start_process(self, name: str, argv: list[str], timeout: float = 60.0) -> None:
+        processes.start(name, argv, self._pids, self.logs)
+        if name == "kube-apiserver":
+            self._wait("kube-apiserver /readyz", self.api_answers, timeout, name)
+            if self.outages:
+                self.outages[-1] = (self.outages[-1][0], time.time())
 
     # --- kubectl ---------------------------------------------------------------------------------
 
@@ -472,7 +493,7 @@ class LocalCluster:
                 "-m",
                 "distml",
                 f"--metrics-port={metrics_port}",
-                "--liveness=",
+                "--health-port=0",
                 *args,
             ],
             self._pids,
