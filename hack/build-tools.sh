@@ -21,11 +21,27 @@ if [[ $kube_version =~ ^v([0-9]+)\.([0-9]+)\. ]]; then
   done
 fi
 
-# build WRAPPER LDFLAGS PKG... : builds every PKG of the wrapper module into one cache folder.
+# helm as helm's own release builds it: its version, and the Kubernetes version it assumes
+# without a cluster (`helm template` with no --kube-version), from the client-go it is built with.
+helm_version=$(awk '$1=="helm.sh/helm/v3" && $2 ~ /^v/ {print $2; exit}' hack/tools/helm/go.mod)
+client_go=$(awk '$1=="k8s.io/client-go" && $2 ~ /^v/ {print $2; exit}' hack/tools/helm/go.mod)
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$helm_version"
+if [[ $client_go =~ ^v([0-9]+)\.([0-9]+)\. ]]; then
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    helm_ldflags+=" -X $pkg.k8sVersionMajor=$((BASH_REMATCH[1] + 1))"
+    helm_ldflags+=" -X $pkg.k8sVersionMinor=${BASH_REMATCH[2]}"
+  done
+fi
+
+# build WRAPPER LDFLAGS PKG... : builds every PKG of the wrapper module into one cache folder,
+# keyed by the wrapper's go.mod and go.sum (and $KEY_EXTRA, for flags not derived from them).
 build() {
   local wrapper=$1 ldflags=$2; shift 2
   local key dir
-  key=$(cat "hack/tools/$wrapper/go.mod" "hack/tools/$wrapper/go.sum" | sha256sum | cut -c1-16)
+  key=$({
+    cat "hack/tools/$wrapper/go.mod" "hack/tools/$wrapper/go.sum"
+    if [[ -n ${KEY_EXTRA:-} ]]; then echo "$KEY_EXTRA"; fi
+  } | sha256sum | cut -c1-16)
   dir="$cache/tools/$wrapper-$key"
   if [[ ! -f $dir/.complete ]]; then
     echo "building $wrapper ($*) into $dir — the first build takes a while" >&2
@@ -42,7 +58,7 @@ build() {
 
 build etcd "" go.etcd.io/etcd/server/v3
 build kwok "" sigs.k8s.io/kwok/cmd/kwok
-build helm "" helm.sh/helm/v3/cmd/helm
+KEY_EXTRA=$helm_ldflags build helm "$helm_ldflags" helm.sh/helm/v3/cmd/helm
 build kube "$kube_ldflags" k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubectl

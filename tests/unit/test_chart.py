@@ -284,3 +284,13 @@ def test_dashboards_are_generated_from_code_and_shipped_for_the_grafana_sidecar(
         assert board["uid"] == f"distml-{uid}" and board["panels"]
         assert all(t["expr"] for p in board["panels"] for t in p["targets"])
     assert not by_kind(render("grafana.dashboards.enabled=false"), "ConfigMap")
+
+
+def test_plain_helm_template_renders_with_no_cluster_and_no_kube_version():
+    """As a new user would first try it: helm assumes the Kubernetes version it was built for
+    (as helm's own release build stamps it), which the chart's kubeVersion accepts."""
+    done = subprocess.run([str(HELM), "template", "t", str(CHART)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert by_kind([d for d in yaml.safe_load_all(done.stdout) if d], "Deployment")
+    version = subprocess.run([str(HELM), "version", "--short"], capture_output=True, text=True)
+    assert version.stdout.startswith("v3.")

@@ -74,11 +74,13 @@ def trainingjob_schema() -> dict[str, Any]:
     status = model_schema(models.TrainingJobStatus)
     return {
         "type": "object",
+        "description": "A distributed PyTorch training job: a gang of pods running torchrun, "
+        "admitted and started together, restarted together on failure.",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": "distml.io/v1alpha1"},
+            "kind": {"type": "string", "description": "TrainingJob"},
+            "metadata": {"type": "object"},  # the API server allows nothing else here
             "spec": spec,
             "status": status,
         },

@@ -78,6 +78,7 @@ class ExitCodes(_Model):
 
     retryable: list[int] = Field(
         default_factory=lambda: [75],
+        json_schema_extra={"items": {"type": "integer", "description": "An exit code, 1-127."}},
         description="Codes restarted besides signals (>= 128); 75 is the launcher's rendezvous "
         "failure. Any other code 1-127 is an application error and fails the job.",
     )
@@ -100,16 +101,16 @@ class Gang(_Model):
 class Elastic(_Model):
     """Elastic training: torchrun runs with PET_NNODES=min:max and the job scales in that range."""
 
-    min_replicas: int = Field(..., ge=1)
-    max_replicas: int = Field(..., ge=1)
+    min_replicas: int = Field(..., ge=1, description="The fewest pods the job runs with.")
+    max_replicas: int = Field(..., ge=1, description="The most pods the job grows to.")
     max_restarts: int = Field(3, ge=0, description="torchrun's own restarts (PET_MAX_RESTARTS).")
 
 
 class Parallelism(_Model):
     """Model-parallel degrees; the world size must be divisible by pipeline x tensor."""
 
-    pipeline: int = Field(1, ge=1)
-    tensor: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1, description="Pipeline stages the model is split into.")
+    tensor: int = Field(1, ge=1, description="Ranks each layer is split across (tensor parallel).")
 
 
 class Preflight(_Model):
@@ -132,6 +133,8 @@ class Preflight(_Model):
 
 
 class TrainingJobSpec(_Model):
+    """What to run: a group of identical pods started together as one torchrun job."""
+
     replicas: int = Field(..., ge=1, description="Pods (torchrun nodes).")
     gpus_per_replica: int = Field(0, ge=0, description="nvidia.com/gpu requested by each pod.")
     nproc_per_replica: int | None = Field(
@@ -155,7 +158,9 @@ class TrainingJobSpec(_Model):
         "with a lower, and gangs of one priority go in creation order. A gang that restarts "
         "keeps its place at the head.",
     )
-    rendezvous_port: int = Field(DEFAULT_RDZV_PORT, ge=1, le=65535)
+    rendezvous_port: int = Field(
+        DEFAULT_RDZV_PORT, ge=1, le=65535, description="Port of torchrun's c10d rendezvous."
+    )
     dns_names: DNSNames = Field(
         DNSNames.RANK0,
         description="Which workers the job's headless Service names "
@@ -174,39 +179,45 @@ class TrainingJobSpec(_Model):
 
 
 class Condition(_Model):
-    type: str
-    status: str
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
+    """A Kubernetes-style condition: one per phase the job has been in."""
+
+    type: str = Field(..., description="The phase it is about (Queued, Running, ...).")
+    status: str = Field(..., description="True while the job is in that phase, else False.")
+    reason: str = Field("", description="Why, in one word.")
+    message: str = Field("", description="Why, in a sentence.")
+    last_transition_time: str | None = Field(None, description="When status last changed.")
 
 
 class RankPlacement(_Model):
-    rank: int
-    pod: str
-    node: str = ""
+    """Where one rank runs."""
+
+    rank: int = Field(..., description="The torchrun node rank.")
+    pod: str = Field(..., description="Its pod.")
+    node: str = Field("", description="The node the pod is bound to (empty: not yet).")
 
 
 class Link(_Model):
-    a: str
-    b: str
-    gbps: float
+    """One link of the ring of pods, as the preflight measured it."""
+
+    a: str = Field(..., description="One end (a node).")
+    b: str = Field(..., description="The other end.")
+    gbps: float = Field(..., description="Point-to-point bandwidth, Gbit/s.")
 
 
 class PreflightStatus(_Model):
     """What the preflight measured for the current restart generation."""
 
-    passed: bool = True
-    bus_bw_gbps: float = 0.0
-    alg_bw_gbps: float = 0.0
-    bytes: int = 0
-    world_size: int = 0
-    slowest_link: str = ""
-    slowest_link_gbps: float | None = None
-    links: list[Link] = Field(default_factory=list)
-    message: str = ""
-    measured_at: str | None = None
-    restart_generation: int = 0
+    passed: bool = Field(True, description="Whether busbw met minBusBwGbps (or none was set).")
+    bus_bw_gbps: float = Field(0.0, description="All-reduce bus bandwidth, Gbit/s.")
+    alg_bw_gbps: float = Field(0.0, description="All-reduce algorithm bandwidth, Gbit/s.")
+    bytes: int = Field(0, description="Message size of the all-reduce.")
+    world_size: int = Field(0, description="Pods that took part.")
+    slowest_link: str = Field("", description="The slowest link of the ring, `a <-> b`.")
+    slowest_link_gbps: float | None = Field(None, description="Its bandwidth, Gbit/s.")
+    links: list[Link] = Field(default_factory=list, description="Every link measured.")
+    message: str = Field("", description="The verdict in a sentence.")
+    measured_at: str | None = Field(None, description="When it was measured.")
+    restart_generation: int = Field(0, description="The restart generation it measured.")
 
 
 class Admission(_Model):
@@ -217,39 +228,55 @@ class Admission(_Model):
     replicas: int = Field(0, description="Pods admitted (spec.replicas at admission).")
     gpus_per_replica: int = Field(0, description="GPUs of each pod.")
     nodes: list[str] = Field(
-        default_factory=list, description="The node of each rank, in rank order (empty: any)."
+        default_factory=list,
+        description="The node of each rank, in rank order (empty: any).",
+        json_schema_extra={"items": {"type": "string", "description": "A node name."}},
     )
     time: str | None = Field(None, description="When the gang was admitted.")
 
 
 class TrainingJobStatus(_Model):
-    phase: Phase | None = None
+    """What the operator observed and decided, as of observedGeneration."""
+
+    phase: Phase | None = Field(
+        None, description="Queued, Creating, Running, Restarting, Succeeded, Failed, Suspended."
+    )
     reason: str = Field("", description="The reason of the latest phase change, in one word.")
-    message: str = ""
-    conditions: list[Condition] = Field(default_factory=list)
+    message: str = Field("", description="What is happening, in a sentence.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="One per phase the job has been in."
+    )
     replicas: int = Field(0, description="Pods of the current restart generation.")
-    active: int = 0
-    ready: int = 0
-    succeeded: int = 0
-    failed: int = 0
+    active: int = Field(0, description="Live pods of any generation.")
+    ready: int = Field(0, description="Pods Running and Ready.")
+    succeeded: int = Field(0, description="Pods of this generation that exited 0.")
+    failed: int = Field(0, description="Pods of this generation that failed.")
     ready_text: str = Field("", description="ready/desired, for kubectl get.")
     gpus: int = Field(0, description="GPUs the job holds now.")
     restarts: int = Field(0, description="Group restarts after failures (against backoffLimit).")
     resizes: int = Field(0, description="New generations started because spec.replicas changed.")
-    restart_generation: int = 0
-    gang_attempts: int = 0
-    start_time: str | None = None
-    completion_time: str | None = None
-    admitted_time: str | None = None
-    queued_time: str | None = None
-    next_attempt_time: str | None = None
+    restart_generation: int = Field(
+        0, description="Bumped by every restart, resize or release; in pod names and labels."
+    )
+    gang_attempts: int = Field(0, description="Times the gang was admitted (for its backoff).")
+    start_time: str | None = Field(None, description="When the job was first admitted.")
+    completion_time: str | None = Field(None, description="When it succeeded or failed.")
+    admitted_time: str | None = Field(None, description="When this generation was admitted.")
+    queued_time: str | None = Field(None, description="Since when it waits for admission.")
+    next_attempt_time: str | None = Field(
+        None, description="When a backed-off gang is admitted again, at the earliest."
+    )
     queue_position: int | None = Field(
         None, description="Place among the gangs waiting for GPUs (1 = next), while Queued."
     )
     admission: Admission | None = None
-    observed_generation: int | None = None
-    selector: str = ""
-    ranks: list[RankPlacement] = Field(default_factory=list)
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation this status was computed from."
+    )
+    selector: str = Field("", description="Label selector of the job's pods (scale).")
+    ranks: list[RankPlacement] = Field(
+        default_factory=list, description="Rank -> pod -> node, for the current generation."
+    )
     preflight: PreflightStatus | None = None
 
 
