@@ -13,6 +13,7 @@ of a generation that is no longer current.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,20 @@ def read_status(job: Obj) -> TrainingJobStatus:
     return TrainingJobStatus.model_validate(job.get("status") or {})
 
 
+# Status fields that only count what exists (they change with every pod a gang starts): a change
+# to these alone may wait a moment and go out with the next, the phase never does.
+COUNT_FIELDS = frozenset(
+    {"replicas", "active", "ready", "succeeded", "failed", "readyText", "gpus", "ranks"}
+)
+
+
+def only_counts_changed(job: Obj, status: Obj) -> bool:
+    old = dump_status(read_status(job))
+    return old != status and all(
+        old.get(k) == v for k, v in status.items() if k not in COUNT_FIELDS
+    )
+
+
 def status_changed(job: Obj, status: Obj) -> bool:
     """Whether `status` says something the job's stored status does not. The stored one has no
     nulls (a merge patch removes them), so both are compared as the model reads them."""
@@ -117,6 +132,8 @@ class World:
     refused: list[str] = field(default_factory=list)
     # NotReady nodes still held after a disruption ended (see distml.policies.disruption.hold).
     held_nodes: frozenset[str] = frozenset()
+    # disruption.find(nodes), when the caller keeps it (it changes only when a node does).
+    disruption: disruption.Disruption | None = None
 
 
 def _current_admission(status: TrainingJobStatus) -> Admission | None:
@@ -174,7 +191,7 @@ class _Builder:
         self.plan = Plan()
         self.now = iso(w.now)
         self.nodes = {n["metadata"]["name"]: n for n in w.nodes}
-        self.disruption = disruption.find(w.nodes)
+        self.disruption = w.disruption if w.disruption is not None else disruption.find(w.nodes)
         # Pods of an earlier job of the same name are not ours, whatever their labels say; the
         # garbage collector removes them, and creating ours waits until their names are free.
         uid = self.meta.get("uid")
@@ -612,6 +629,9 @@ class _Builder:
         job = {**self.w.job, "status": {**dump_status(self.status), "admission": None}}
         mine = demand(job)
         assert mine is not None
+        # Its admission is what is being decided, whatever an older status says (an operator
+        # that kept no admission record left admittedTime on a gang whose pods are all gone).
+        mine = dataclasses.replace(mine, admitted=None)
         verdict = admission.plan_queue(
             [*self.w.gangs, mine],
             self.w.nodes,

@@ -189,6 +189,17 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         return urllib.request.urlopen(url, timeout=5).read().decode()
 
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (those with `labels`) as the operator exports it now."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(self.metrics())
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
 
 @pytest.fixture(scope="session")
 def crds(cluster: LocalCluster) -> None:

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from distml.localcluster import faults
 from distml.localcluster.nodes import KWOK_ANNOTATION
@@ -21,16 +20,6 @@ from .conftest import OperatorProcess
 from .helpers import settled, wait_for
 
 GEN = "distml.io/restart-generation"
-
-
-def metric(op: OperatorProcess, name: str) -> float:
-    """The sum of a metric's samples (every label set) as the operator exports it now."""
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(op.metrics())
-        for s in family.samples
-        if s.name == name
-    )
 
 
 @contextlib.contextmanager
@@ -87,11 +76,11 @@ def test_a_restart_is_recorded_before_the_failed_gang_is_touched(
     first = jobs.running_pods(core, namespace, "llm", 2)
     jobs.wait_phase(custom, namespace, "llm", "Running")
     with status_writes_denied(cluster, custom, namespace, "llm"):
-        errors = metric(operator, "distml_reconcile_errors_total")
+        errors = operator.value("distml_reconcile_errors_total")
         faults.exit_pod(cluster, namespace, first[0].metadata.name, 137)
         wait_for(
             "the operator to try to record the restart, twice",
-            lambda: metric(operator, "distml_reconcile_errors_total") >= errors + 2,
+            lambda: operator.value("distml_reconcile_errors_total") >= errors + 2,
             timeout=30,
         )
         pods = {p.metadata.name: p for p in jobs.pods(core, namespace, "llm")}
@@ -148,7 +137,7 @@ def test_a_job_recreated_across_an_api_server_restart_never_waits_on_its_predece
     for pod in old:
         core.patch_namespaced_pod(pod.metadata.name, namespace, unowned)
     core.patch_namespaced_service("llm", namespace, unowned)
-    swept = metric(operator, "distml_orphans_deleted_total")
+    swept = operator.value("distml_orphans_deleted_total")
     cluster.start_process("kube-apiserver", cluster.stop_process("kube-apiserver"))
     jobs.delete(custom, namespace, "llm")
     t0 = time.monotonic()
@@ -172,7 +161,7 @@ def test_a_job_recreated_across_an_api_server_restart_never_waits_on_its_predece
         ),
     )
     assert svc.metadata.owner_references[0].uid == uid
-    assert metric(operator, "distml_orphans_deleted_total") >= swept + 3
+    assert operator.value("distml_orphans_deleted_total") >= swept + 3
     assert "WaitingForPredecessor" in jobs.event_reasons(core, namespace, "llm")
     print(f"job recreated -> Running past its predecessor's orphans: {took:.1f}s")
     settled(core, namespace)
@@ -223,7 +212,7 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     sel, _ = node_pool(2)
     jobs.create(custom, namespace, jobs.training_job("steady", 2, 8, sel))
     before = {p.metadata.name for p in jobs.running_pods(core, namespace, "steady", 2)}
-    restarts = metric(operator, "distml_job_restarts_total")
+    restarts = operator.value("distml_job_restarts_total")
     kwok = [
         n.metadata.name
         for n in core.list_node().items
@@ -242,7 +231,7 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
         )
         assert st["phase"] == "Running" and st.get("restarts", 0) == 0
         assert "NotReady together" in st["message"]
-        assert metric(operator, "distml_nodes_disrupted") >= 2
+        assert operator.value("distml_nodes_disrupted") >= 2
         assert {p.metadata.name for p in jobs.live_pods(core, namespace, "steady")} == before
     finally:
         for node in kwok:
@@ -254,7 +243,7 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     )
     assert st.get("restarts", 0) == 0 and st["restartGeneration"] == 0
     assert {p.metadata.name for p in jobs.live_pods(core, namespace, "steady")} == before
-    assert metric(operator, "distml_job_restarts_total") == restarts
+    assert operator.value("distml_job_restarts_total") == restarts
     reasons = jobs.event_reasons(core, namespace, "steady")
     assert reasons.count("NodesDisrupted") == 1 and "WorkerFailed" not in reasons
 
@@ -279,13 +268,7 @@ def test_two_operators_without_peering_post_each_transition_once(
         wait_for(
             "both operators to see it Succeeded",
             lambda: all(
-                any(
-                    s.labels.get("phase") == "Succeeded" and s.value >= 1
-                    for f in text_string_to_metric_families(op.metrics())
-                    for s in f.samples
-                    if s.name == "distml_trainingjobs"
-                )
-                for op in (operator, second)
+                op.value("distml_trainingjobs", phase="Succeeded") >= 1 for op in (operator, second)
             ),
         )
     finally:
@@ -311,7 +294,7 @@ def test_deleting_a_namespace_under_running_jobs_restarts_and_retries_nothing(
         jobs.wait_phase(custom, ns, name, "Running")
     names = ("distml_job_restarts_total", "distml_reconcile_errors_total",
              "distml_events_failed_total", "distml_pods_created_total")  # fmt: skip
-    before = {m: metric(operator, m) for m in names}
+    before = {m: operator.value(m) for m in names}
     log_start = operator.log.stat().st_size
     core.delete_namespace(ns)
     wait_for(
@@ -319,7 +302,7 @@ def test_deleting_a_namespace_under_running_jobs_restarts_and_retries_nothing(
         lambda: ns not in {n.metadata.name for n in core.list_namespace().items},
         timeout=120,
     )
-    assert {m: metric(operator, m) for m in names} == before
+    assert {m: operator.value(m) for m in names} == before
     with open(operator.log, "rb") as f:
         f.seek(log_start)
         noise = [li for li in f.read().decode(errors="replace").splitlines() if ns in li]

@@ -469,3 +469,24 @@ def test_a_disruption_is_announced_once_while_its_count_grows():
     job["status"].update(p1.status)
     p2 = plan(job, pods, cluster=[make_node(f"n{i}", ready=False) for i in range(4)])
     assert "4 of 4" in p2.status["message"] and p2.events == []
+
+
+def test_a_change_of_counts_alone_is_told_from_one_that_says_something_new():
+    from distml.planning import only_counts_changed
+
+    job = running_job()
+    base = plan(job).status  # a full status, as the operator writes it
+    assert only_counts_changed({**job, "status": base}, {**base, "ready": base["ready"] + 1})
+    assert not only_counts_changed({**job, "status": base}, {**base, "phase": "Failed"})
+    assert not only_counts_changed({**job, "status": base}, base)  # nothing changed at all
+
+
+def test_a_running_job_with_no_admission_record_and_no_pods_is_admitted_again():
+    """As an operator before status.admission left it, with every pod gone: decided again, and
+    no crash loop (the planner raised here)."""
+    p = plan(running_job(), [])
+    assert p.status["phase"] in ("Restarting", "Creating")
+    again = running_job()
+    again["status"].update(phase="Creating")
+    p = plan(again, [])
+    assert p.status["phase"] == "Creating" and len(names(p)) == 2

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("distml.registry")
 Key = tuple[str, str]  # (namespace, name)
 # After a reconcile, events that arrive within a short window are answered together: a gang's
 # pods change state in bursts, and one reconcile per burst leaves the CPU to the API server and
-# the scheduler. The window grows with the reconcile's cost, so a busy job's worker spends at
-# most about a third of its time reconciling.
+# the scheduler. The window is fixed: one that grew with the reconcile's wall time (to bound a
+# busy job's share) grew with every other job's load too, under a burst, and kept status seconds
+# behind the pods; a reconcile reads caches, so it costs little CPU.
 _COALESCE_SECONDS = 0.25
-_DUTY = 2.0
 
 
 class JobWorkers:
@@ -31,6 +30,9 @@ class JobWorkers:
             self._wake[key] = asyncio.Event()
             self._tasks[key] = asyncio.create_task(self._run(key), name=f"job {key[0]}/{key[1]}")
         self.wake(key)
+
+    def has(self, key: Key) -> bool:
+        return key in self._tasks and not self._tasks[key].done()
 
     def wake(self, key: Key) -> None:
         event = self._wake.get(key)
@@ -69,7 +71,6 @@ class JobWorkers:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=delay)
             event.clear()
-            started = time.monotonic()
             try:
                 delay = await self._reconcile(key)
                 failures = 0
@@ -79,4 +80,4 @@ class JobWorkers:
                 failures += 1
                 delay = min(60.0, 0.5 * 2**failures)  # retry, never crash-loop
                 log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, delay)
-            await asyncio.sleep(max(_COALESCE_SECONDS, _DUTY * (time.monotonic() - started)))
+            await asyncio.sleep(_COALESCE_SECONDS)

@@ -29,6 +29,7 @@ from distml.planning import (
     World,
     demand,
     iso,
+    only_counts_changed,
     plan_reconcile,
     status_changed,
 )
@@ -37,11 +38,13 @@ from distml.policies import disruption, orphans
 log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
 CACHES = (NODES, NAMESPACES, PODS)
-LIVE = "status.phase!=Succeeded,status.phase!=Failed"
 JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
-# Orphans (pods and Services of a job that is gone) are deleted within this period of the
-# job's deletion, whatever the garbage collector does.
+# Orphans (pods and Services of a job that is gone) are deleted within two sweep periods of the
+# job's deletion (20 s), whatever the garbage collector does.
 SWEEP_SECONDS = 10.0
+ORPHAN_GRACE_SECONDS = 5.0
+EXPECTATION_SECONDS = 5.0  # how long a reconcile waits for the cache to show its own writes
+COUNT_WRITE_SECONDS = 1.0  # status writes that only change counts: at most one per job this often
 
 
 def _version(obj: dict[str, Any]) -> int:
@@ -91,14 +94,24 @@ class Operator:
         self.gpu_pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.gangs: dict[str, admission.Gang] = {}  # job uid -> its demand on the ledger
+        self.jobs: dict[Key, dict[str, Any]] = {}  # the newest version of each job seen
+        # The operator's own pods (every phase), by the job they belong to and their name.
+        self.job_pods: dict[Key, dict[str, dict[str, Any]]] = {}
+        # Per job: pods it created that the cache has not shown yet, pods it deleted that the
+        # cache still shows alive, and since when (see _observed).
+        self.expected: dict[Key, tuple[frozenset[str], frozenset[str], float]] = {}
         self._gang_versions: dict[str, int] = {}  # job uid -> resourceVersion the demand is from
+        self._written: dict[str, int] = {}  # job uid -> resourceVersion of our last status write
+        self._written_at: dict[Key, float] = {}  # when we last wrote each job's status
         self._uids: dict[Key, str] = {}
         self.phases: dict[Key, str] = {}
         self.disrupted = 0  # NotReady nodes whose pods are held (an outage, not node loss)
         self.held_nodes: dict[str, float | None] = {}  # see disruption.hold
+        self.disruption = disruption.Disruption()  # as the nodes are now
         self.primed = False  # every cache filled once (jobs included)
         self.synced: set[str] = set()  # caches whose LIST or WATCH is current
         self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
+        self._orphans_seen: dict[str, float] = {}  # object uid -> when a sweep first saw it
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -119,7 +132,7 @@ class Operator:
             self.workers.wake_all()
 
     def _note_disruption(self) -> None:
-        found = disruption.find(self.nodes.values())
+        found = self.disruption = disruption.find(self.nodes.values())
         self.held_nodes = disruption.hold(
             self.held_nodes, found, self.nodes.values(), time.monotonic()
         )
@@ -151,26 +164,42 @@ class Operator:
                 self.workers.wake_waiting()
         else:
             self.gpu_pods[key] = pod
-        job = (meta.get("labels") or {}).get(labels.JOB_NAME)
+        pod_labels = meta.get("labels") or {}
+        job = pod_labels.get(labels.JOB_NAME)
         if job:
-            self.workers.wake((meta["namespace"], job))
+            job_key = (meta["namespace"], job)
+            if pod_labels.get(labels.MANAGED_BY) == labels.OPERATOR:
+                ours = self.job_pods.setdefault(job_key, {})
+                if event_type == "DELETED":
+                    ours.pop(meta["name"], None)
+                else:
+                    ours[meta["name"]] = pod
+            self.workers.wake(job_key)
 
-    def on_job(self, job: dict[str, Any], deleted: bool = False) -> None:
+    def on_job(self, job: dict[str, Any], deleted: bool = False) -> bool:
         """A job as the API has it now. An event older than what this operator itself wrote
-        (watch events lag) is not allowed to take back a decision it made since."""
+        (watch events lag) is not allowed to take back a decision it made since. Returns
+        whether it is news: not the echo of the operator's own status write."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
         key = (meta.get("namespace", ""), meta["name"])
         if deleted:
             self._drop_gang(uid)
             self._uids.pop(key, None)
+            if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
+                self.jobs.pop(key, None)
+            self._written.pop(uid, None)
             self.sweep_soon.set()
-            return
+            return True
         version = _version(job)
         if version and version < self._gang_versions.get(uid, 0):
-            return
+            return False
+        cached = self.jobs.get(key)
+        if cached is None or cached["metadata"].get("uid") != uid or _version(cached) <= version:
+            self.jobs[key] = job
         self._replaced(key, uid)
         self._set_gang(uid, demand(job), version)
+        return not version or version != self._written.get(uid)  # not the echo of our write
 
     def _replaced(self, key: Key, uid: str) -> None:
         """`uid` is the job named `key` now: one that had the name before is gone (its DELETED
@@ -206,16 +235,15 @@ class Operator:
         elif path == NAMESPACES:
             self.namespaces = {n["metadata"]["name"]: n for n in items}
         else:
-            self.gpu_pods = {}
+            self.gpu_pods, self.job_pods = {}, {}
             for pod in items:
                 self.on_pod("ADDED", pod)
         self.workers.wake_all()
 
     async def relist(self, path: str) -> str:
-        """LISTs nodes, namespaces or live pods into their cache; returns where the watch goes
-        on from."""
-        params = {"fieldSelector": LIVE} if path == PODS else {}
-        items, version = await self.writer.list_objects(path, **params)
+        """LISTs nodes, namespaces or pods (every phase: the operator's own finished pods are
+        evidence) into their cache; returns where the watch goes on from."""
+        items, version = await self.writer.list_objects(path)
         self.replace(path, items)
         self.synced.add(path)
         return version
@@ -272,23 +300,29 @@ class Operator:
         """Deletes pods and Services made for a TrainingJob that no longer exists (see
         distml.policies.orphans); returns how many."""
         managed = {"labelSelector": f"{labels.MANAGED_BY}={labels.OPERATOR}"}
-        objects: list[tuple[str, dict[str, Any]]] = []
-        for kind, resource in (("Pod", "pods"), ("Service", "services")):
-            for path in self._scopes("/api/v1", resource):
-                items, _ = await self.writer.list_objects(path, **managed)
-                objects += [(kind, o) for o in items]
+        # Pods from the cache (the watch saw each before now); Services, few and small, listed.
+        objects = [("Pod", p) for pods in self.job_pods.values() for p in pods.values()]
+        for path in self._scopes("/api/v1", "services"):
+            items, _ = await self.writer.list_objects(path, **managed)
+            objects += [("Service", o) for o in items]
         live: set[str] = set()
         for path in self._scopes(JOBS_PATH, PLURAL):  # after the objects: see orphans.find
             jobs, listed = await self.writer.list_objects(path)
             live.update(j["metadata"]["uid"] for j in jobs if not j["metadata"].get(
                 "deletionTimestamp"))  # fmt: skip
             self._forget_missing({j["metadata"]["uid"] for j in jobs}, int(listed or 0), path)
-        found = [
+        now = time.monotonic()
+        candidates = [
             o
             for kind in ("Pod", "Service")
             for o in orphans.find((x for k, x in objects if k == kind), KIND, live, kind)
             if not self.terminating(o.namespace)
         ]
+        # The garbage collector goes first: an orphan is ours to delete once a sweep at least
+        # ORPHAN_GRACE_SECONDS before this one saw it too.
+        seen = {o.uid: self._orphans_seen.get(o.uid, now) for o in candidates}
+        self._orphans_seen = seen
+        found = [o for o in candidates if now - seen[o.uid] >= ORPHAN_GRACE_SECONDS]
         for o in found:
             resource = "pods" if o.kind == "Pod" else "services"
             path = f"/api/v1/namespaces/{o.namespace}/{resource}/{o.name}"
@@ -355,11 +389,17 @@ class Operator:
         refused: list[str] = []
         requeue: float | None = None
         for _ in range(2):  # a second pass when the API refused a create: release the gang
-            job = await self.io(self.kube.get_job, ns, name)
+            job = self.jobs.get(key)
+            if job is None:  # not seen yet (or forgotten): ask
+                job = await self.io(self.kube.get_job, ns, name)
+                if job is not None:
+                    self.on_job(job)
             if job is None or job["metadata"].get("deletionTimestamp"):
                 self.forget_job(key)
                 return None
-            pods = await self.io(self.kube.list_job_pods, ns, name)
+            if not self._observed(key):
+                return 0.25  # its own creates and deletes are not in the cache yet
+            pods = list(self.job_pods.get(key, {}).values())
             now, t_now = dt.datetime.now(dt.UTC), time.monotonic()
             uid = job["metadata"]["uid"]
             world = World(
@@ -374,6 +414,7 @@ class Operator:
                 held_nodes=frozenset(
                     n for n, until in self.held_nodes.items() if until is None or until > t_now
                 ),
+                disruption=self.disruption,
             )
             plan = plan_reconcile(world, self.settings)
             # The decision is assumed in the ledger before anything awaits (see the docstring).
@@ -397,10 +438,31 @@ class Operator:
         )
         return 0.5 if refused else requeue
 
+    def _observed(self, key: Key) -> bool:
+        """Whether the pod cache shows what this job's last apply did (its creates there, its
+        deletes going), as a controller's expectations: deciding on a cache that lags its own
+        writes would create the same pods again. Given up on after a few seconds (an event lost
+        to a broken watch is made good by the LIST that follows)."""
+        expected = self.expected.get(key)
+        if expected is None:
+            return True
+        created, deleted, since = expected
+        pods = self.job_pods.get(key, {})
+        pending = [n for n in created if n not in pods] + [
+            n for n in deleted if n in pods and not pods[n]["metadata"].get("deletionTimestamp")
+        ]
+        if pending and time.monotonic() - since < EXPECTATION_SECONDS:
+            return False
+        self.expected.pop(key, None)
+        return True
+
     def forget_job(self, key: Key) -> None:
         uid = self._uids.pop(key, None)
         if uid:
             self._drop_gang(uid)
+        self.jobs.pop(key, None)
+        self.expected.pop(key, None)
+        self._written_at.pop(key, None)
         self.phases.pop(key, None)
         self.workers.waiting.discard(key)
         self._count_phases()
@@ -420,7 +482,9 @@ class Operator:
             raise StatusConflict(meta["name"])
         if code >= 300:
             raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
-        self._gang_versions[meta["uid"]] = _version(answer)
+        self._gang_versions[meta["uid"]] = self._written[meta["uid"]] = _version(answer)
+        self.jobs[(meta["namespace"], meta["name"])] = answer
+        self._written_at[(meta["namespace"], meta["name"])] = time.monotonic()
 
     async def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Best effort: an Event the API refuses is logged and counted, and never stops the
@@ -467,9 +531,24 @@ class Operator:
             await self.io(self.kube.delete_job, *key)
             return []
         changed = status_changed(job, plan.status)
-        if changed:
+        acts = bool(plan.create or plan.delete or plan.events)
+        since = time.monotonic() - self._written_at.get(key, 0.0)
+        if (
+            changed
+            and not acts
+            and since < COUNT_WRITE_SECONDS
+            and only_counts_changed(job, plan.status)
+        ):
+            # Counts alone: they go out with the next write, at most a second from the last.
+            wait = COUNT_WRITE_SECONDS - since
+            plan.requeue_after = min(plan.requeue_after or wait, wait)
+            changed = False
+        elif changed or plan.create or plan.delete:
+            # Unchanged, the write is a compare-and-swap on the resourceVersion: pods are only
+            # created or deleted for the job as it is now, never for a cached copy gone stale.
             await self.write_status(job, plan.status)
-            failpoints.hit("after-status-write", str(plan.status.get("phase", "")))
+            if changed:
+                failpoints.hit("after-status-write", str(plan.status.get("phase", "")))
         results = await asyncio.gather(
             *(self.writer.create(o) for o in plan.create),
             *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete),
@@ -484,6 +563,13 @@ class Operator:
             )
         )
         refused = [r for r in created if isinstance(r, str)]
+        made = frozenset(
+            o["metadata"]["name"]
+            for o, r in zip(plan.create, created, strict=True)
+            if o["kind"] == "Pod" and isinstance(r, bool)
+        )
+        if made or plan.delete:
+            self.expected[key] = (made, frozenset(d.name for d in plan.delete), time.monotonic())
         phase = plan.status.get("phase", "")
         self.phases[key] = phase
         if phase in ("Queued", "Restarting"):
@@ -571,8 +657,7 @@ def register(op: Operator) -> None:
             await op.workers.forget(key)
             op.phases.pop(key, None)
             op._count_phases()
-        else:
-            op.on_job(body)
+        elif op.on_job(body) or not op.workers.has(key):
             op.workers.ensure(key)
 
     @kopf.on.cleanup()
