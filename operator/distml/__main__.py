@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         settings.persistence.diffbase_storage = NoDiffBase()
         settings.watching.server_timeout = 300
         settings.networking.connect_timeout = 10
+        # Retries of kopf's own requests (its job watch above all) at most 2 s apart, so that
+        # a job created just after an API outage is seen within a couple of seconds, not after
+        # kopf's default backoff has grown to 5-8 s.
+        settings.networking.error_backoffs = (0.5, 1, *([2] * 13))
         if args.peering:
             settings.peering.name = args.peering
             settings.peering.mandatory = True

@@ -49,10 +49,12 @@ class Kube:
                 raise
 
 
-def _rbac_denial(code: int, text: str) -> bool:
-    """A 403 from the authorizer (`User "..." cannot create resource ...`), not from admission
-    (Pod Security, a quota, a webhook), which refuses what was asked, not who asked."""
-    return code == 403 and '" cannot ' in api_message(text)
+def _passing_denial(code: int, text: str) -> bool:
+    """A 403 that passes: from the authorizer (`User "..." cannot create resource ...`), or a
+    namespace whose default ServiceAccount is not made yet; not one from admission (Pod
+    Security, a quota, a webhook), which refuses what was asked, not who asked."""
+    message = api_message(text)
+    return code == 403 and ('" cannot ' in message or "error looking up service account" in message)
 
 
 def api_message(text: str) -> str:
@@ -127,10 +129,10 @@ class AsyncWriter:
             if code < 300 and owner & theirs:
                 return False
             return f"{obj['kind']} {name} already exists and is not owned by this job"
-        if resp.status in (408, 429) or resp.status >= 500 or _rbac_denial(resp.status, text):
-            # Retried as they are: throttling, a server error, or RBAC that does not let the
-            # operator create this (a starting API server's authorizer, or a broken install):
-            # the gang is no reason to give up its admission.
+        if resp.status in (408, 429) or resp.status >= 500 or _passing_denial(resp.status, text):
+            # Retried as they are: throttling, a server error, RBAC that does not let the
+            # operator create this (a starting API server's authorizer, or a broken install), a
+            # namespace too new for its ServiceAccount: no reason to give up the admission.
             raise RuntimeError(f"creating {obj['kind']} {name}: {resp.status} {text}")
         return f"{obj['kind']} {name}: {api_message(text)}"
 

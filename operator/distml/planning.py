@@ -306,6 +306,9 @@ class _Builder:
         self.status.completion_time = self.now
         self.status.queue_position = None
         self.cleanup()
+        ttl = self.spec.run_policy.ttl_seconds_after_finished
+        if ttl is not None:
+            self.requeue(ttl)  # then finished() deletes it
 
     def cleanup(self) -> None:
         policy = self.spec.run_policy.clean_pod_policy

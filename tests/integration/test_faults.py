@@ -221,7 +221,10 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     try:
         for node in kwok:
             faults.node_down(cluster, node)
-        st = wait_for(
+        st = _report(
+            custom,
+            namespace,
+            "steady",
             "the job to report the disruption",
             lambda: (
                 (s := jobs.status(custom, namespace, "steady")).get("reason") == "NodesDisrupted"
@@ -246,6 +249,16 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     assert operator.value("distml_job_restarts_total") == restarts
     reasons = jobs.event_reasons(core, namespace, "steady")
     assert reasons.count("NodesDisrupted") == 1 and "WorkerFailed" not in reasons
+
+
+def _report(custom, namespace, name, what, probe, timeout):
+    """wait_for, and on a timeout what the job said."""
+    try:
+        return wait_for(what, probe, timeout=timeout)
+    except AssertionError as err:
+        raise AssertionError(
+            f"{err}; the job's status: {jobs.status(custom, namespace, name)}"
+        ) from None
 
 
 def test_two_operators_without_peering_post_each_transition_once(

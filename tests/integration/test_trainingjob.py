@@ -36,12 +36,17 @@ def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(
     assert svc.spec.cluster_ip == "None"
     env = {e.name: e.value for e in pods[0].spec.containers[0].env}
     assert env["PET_RDZV_ENDPOINT"] == f"ddp-0.ddp.{namespace}.svc.cluster.local:29400"
-    # Cluster DNS names rank 0, the rendezvous host, and no other rank (dnsNames: Rank0).
+    # Cluster DNS names rank 0, the rendezvous host, and no other rank (dnsNames: Rank0): the
+    # Service selects rank 0 alone, so no other pod can become one of its endpoints.
+    assert svc.spec.selector["distml.io/rank"] == "0"
     assert dns_hostnames(core, namespace, "ddp", 1) == ["ddp-0"]
 
     faults.exit_pod(cluster, namespace, pods[0].metadata.name, 0)
-    time.sleep(2)
-    assert jobs.status(custom, namespace, "ddp")["phase"] == "Running"  # one worker still runs
+    st = wait_for(  # the operator has seen the first worker finish...
+        "one worker counted as finished",
+        lambda: (s := jobs.status(custom, namespace, "ddp")).get("succeeded") == 1 and s,
+    )
+    assert st["phase"] == "Running"  # ...and the job goes on: the other worker still runs
     faults.exit_pod(cluster, namespace, pods[1].metadata.name, 0)
     st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded")
     assert st["succeeded"] == 2 and st["completionTime"]
@@ -60,9 +65,7 @@ def dns_hostnames(core, ns: str, service: str, n: int) -> list[str]:
         found = sorted(e.hostname for s in slices for e in s.endpoints or [])
         return found if len(found) >= n else None
 
-    wait_for(f"{n} DNS names for Service {service}", names, timeout=30)
-    time.sleep(1)  # the endpoint controller has seen every pod's address by now
-    return names()
+    return wait_for(f"{n} DNS names for Service {service}", names, timeout=30)
 
 
 def test_all_workers_get_dns_names_when_asked_and_the_choice_is_fixed(
@@ -89,9 +92,11 @@ def test_gang_waits_queued_without_creating_a_pod_until_it_fits(
         lambda: "room for 2 now" in jobs.status(custom, namespace, "big").get("message", ""),
     )
     assert jobs.status(custom, namespace, "big")["phase"] == "Queued"
-    time.sleep(2)
+    # The decision is posted as an Event after it is recorded, and pods would only follow an
+    # Admitted one: once the Event is there, no pod can be on its way.
+    wait_for("the InsufficientGPUs Event",
+             lambda: "InsufficientGPUs" in jobs.event_reasons(core, namespace, "big"))  # fmt: skip
     assert jobs.pods(core, namespace, "big") == []
-    assert "InsufficientGPUs" in jobs.event_reasons(core, namespace, "big")
 
     # A third node joins the pool: the whole gang is admitted at once.
     from distml.localcluster.nodes import ClusterShape, NodeShape, render_gpu_node
@@ -212,8 +217,12 @@ def test_finished_job_is_deleted_after_its_ttl_and_stays_deleted(
             return err.status == 404
 
     wait_for("the job deleted", gone, timeout=30)
-    time.sleep(3)
-    assert gone() and not jobs.live_pods(core, namespace, "brief")
+    wait_for("its pods gone", lambda: not jobs.live_pods(core, namespace, "brief"), timeout=30)
+    # The operator has reconciled since (its deletion was the operator's own act, and the
+    # namespace's next job is handled): the deleted job does not come back.
+    jobs.create(custom, namespace, jobs.training_job("after", 1, 8, sel))
+    jobs.wait_phase(custom, namespace, "after", "Running")
+    assert gone()
 
 
 def test_suspend_releases_gpus_and_resume_starts_again(core, custom, namespace, node_pool):

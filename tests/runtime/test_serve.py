@@ -50,6 +50,9 @@ def server(tmp_path):
         except OSError:
             assert proc.poll() is None, "the server exited"
             time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the server did not answer /healthz within 60 s")
     yield port, metrics, model.eval()
     proc.terminate()
     proc.wait(timeout=30)

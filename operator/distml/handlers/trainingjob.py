@@ -10,7 +10,6 @@ them, so two jobs reconciled concurrently never see the same free GPUs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -39,12 +38,12 @@ log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
 CACHES = (NODES, NAMESPACES, PODS)
 JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
-# Orphans (pods and Services of a job that is gone) are deleted within two sweep periods of the
-# job's deletion (20 s), whatever the garbage collector does.
+# Orphans (pods and Services of a job that is gone) are deleted within a sweep period of the
+# job's deletion, whatever the garbage collector does.
 SWEEP_SECONDS = 10.0
-ORPHAN_GRACE_SECONDS = 5.0
+ORPHAN_GRACE_SECONDS = 3.0
 EXPECTATION_SECONDS = 5.0  # how long a reconcile waits for the cache to show its own writes
-COUNT_WRITE_SECONDS = 1.0  # status writes that only change counts: at most one per job this often
+COUNT_WRITE_SECONDS = 1.0  # a starting gang's count-only status writes: one per job this often
 
 
 def _version(obj: dict[str, Any]) -> int:
@@ -67,6 +66,19 @@ async def _retrying(fn: Any, *args: Any) -> Any:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _placement(node: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What of a node decides which pods it may take."""
+    if node is None:
+        return ()
+    spec = node.get("spec") or {}
+    return (
+        node["metadata"].get("labels"),
+        spec.get("taints"),
+        spec.get("unschedulable"),
+        podstate.node_gpus(node),
+    )
 
 
 class StatusConflict(Exception):
@@ -101,7 +113,6 @@ class Operator:
         # cache still shows alive, and since when (see _observed).
         self.expected: dict[Key, tuple[frozenset[str], frozenset[str], float]] = {}
         self._gang_versions: dict[str, int] = {}  # job uid -> resourceVersion the demand is from
-        self._written: dict[str, int] = {}  # job uid -> resourceVersion of our last status write
         self._written_at: dict[Key, float] = {}  # when we last wrote each job's status
         self._uids: dict[Key, str] = {}
         self.phases: dict[Key, str] = {}
@@ -111,7 +122,6 @@ class Operator:
         self.primed = False  # every cache filled once (jobs included)
         self.synced: set[str] = set()  # caches whose LIST or WATCH is current
         self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
-        self._orphans_seen: dict[str, float] = {}  # object uid -> when a sweep first saw it
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -130,6 +140,10 @@ class Operator:
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
             self._note_disruption()
             self.workers.wake_all()
+        elif now and _placement(before) != _placement(node):
+            # Its taints, labels, GPUs or cordon changed (the not-ready taint lifted after the
+            # node turned Ready): which gangs it can take changed.
+            self.workers.wake_waiting()
 
     def _note_disruption(self) -> None:
         found = self.disruption = disruption.find(self.nodes.values())
@@ -176,10 +190,9 @@ class Operator:
                     ours[meta["name"]] = pod
             self.workers.wake(job_key)
 
-    def on_job(self, job: dict[str, Any], deleted: bool = False) -> bool:
+    def on_job(self, job: dict[str, Any], deleted: bool = False) -> None:
         """A job as the API has it now. An event older than what this operator itself wrote
-        (watch events lag) is not allowed to take back a decision it made since. Returns
-        whether it is news: not the echo of the operator's own status write."""
+        (watch events lag) is not allowed to take back a decision it made since."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
         key = (meta.get("namespace", ""), meta["name"])
@@ -188,18 +201,16 @@ class Operator:
             self._uids.pop(key, None)
             if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
                 self.jobs.pop(key, None)
-            self._written.pop(uid, None)
             self.sweep_soon.set()
-            return True
+            return
         version = _version(job)
         if version and version < self._gang_versions.get(uid, 0):
-            return False
+            return
         cached = self.jobs.get(key)
         if cached is None or cached["metadata"].get("uid") != uid or _version(cached) <= version:
             self.jobs[key] = job
         self._replaced(key, uid)
         self._set_gang(uid, demand(job), version)
-        return not version or version != self._written.get(uid)  # not the echo of our write
 
     def _replaced(self, key: Key, uid: str) -> None:
         """`uid` is the job named `key` now: one that had the name before is gone (its DELETED
@@ -292,6 +303,24 @@ class Operator:
                 except Exception as err2:
                     log.warning("listing %s failed (%s); retrying", path, err2)
                     await asyncio.sleep(1.0)
+                    continue
+                if path == NODES and not isinstance(err, WatchExpired):
+                    # Back from an outage: the jobs too, at once, rather than when kopf's own
+                    # watch is through its backoff (seconds later, after a long outage).
+                    await self.resync_jobs()
+
+    async def resync_jobs(self) -> None:
+        """LISTs the jobs into the cache and reconciles each (what kopf's watch would bring)."""
+        try:
+            for path in self._scopes(JOBS_PATH, PLURAL):
+                items, listed = await self.writer.list_objects(path)
+                for job in items:
+                    meta = job["metadata"]
+                    self.on_job(job)
+                    self.workers.ensure((meta["namespace"], meta["name"]))
+                self._forget_missing({j["metadata"]["uid"] for j in items}, int(listed or 0), path)
+        except Exception as err:  # kopf's watch brings them anyway, a little later
+            log.warning("re-listing jobs after an outage failed (%s)", err)
 
     def _scopes(self, api: str, resource: str) -> list[str]:
         return [f"{api}/namespaces/{ns}/{resource}" for ns in self.watched] or [f"{api}/{resource}"]
@@ -311,18 +340,13 @@ class Operator:
             live.update(j["metadata"]["uid"] for j in jobs if not j["metadata"].get(
                 "deletionTimestamp"))  # fmt: skip
             self._forget_missing({j["metadata"]["uid"] for j in jobs}, int(listed or 0), path)
-        now = time.monotonic()
         candidates = [
             o
             for kind in ("Pod", "Service")
             for o in orphans.find((x for k, x in objects if k == kind), KIND, live, kind)
             if not self.terminating(o.namespace)
         ]
-        # The garbage collector goes first: an orphan is ours to delete once a sweep at least
-        # ORPHAN_GRACE_SECONDS before this one saw it too.
-        seen = {o.uid: self._orphans_seen.get(o.uid, now) for o in candidates}
-        self._orphans_seen = seen
-        found = [o for o in candidates if now - seen[o.uid] >= ORPHAN_GRACE_SECONDS]
+        found = candidates
         for o in found:
             resource = "pods" if o.kind == "Pod" else "services"
             path = f"/api/v1/namespaces/{o.namespace}/{resource}/{o.name}"
@@ -348,20 +372,38 @@ class Operator:
             if uid not in listed and self._gang_versions.get(uid, 0) <= version:
                 log.warning("forgetting %s: its TrainingJob is gone", gang.title)
                 self._drop_gang(uid)
+                key = (gang.namespace, gang.name)
+                if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
+                    self.jobs.pop(key, None)  # its worker asks the API next, and stops
+                    self.workers.wake(key)
 
     async def sweep_forever(self, period: float) -> None:
-        """A sweep every `period`, and one a second after any job is deleted."""
+        """A sweep at once (the garbage collector had all the time the operator was away),
+        then every `period`, and ORPHAN_GRACE_SECONDS after any job is deleted (the garbage
+        collector goes first; a burst of deletions is one sweep)."""
+        first = True
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sweep_soon.wait(), timeout=period)
+            if not first:
+                soon = asyncio.create_task(self.sweep_soon.wait())
+                done, _ = await asyncio.wait({soon}, timeout=period)
+                soon.cancel()
+                if done:
+                    await asyncio.sleep(ORPHAN_GRACE_SECONDS)
+            first = False
             self.sweep_soon.clear()
-            await asyncio.sleep(1.0)  # the garbage collector goes first; a burst is one sweep
             try:
                 await self.sweep_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 log.warning("orphan sweep failed (%s); next in %.0fs", err, period)
+
+    async def _namespace_going(self, namespace: str) -> bool:
+        """Asks the API (the namespace watch may lag the pods vanishing with it)."""
+        code, ns = await self.writer.request("GET", f"{NAMESPACES}/{namespace}")
+        if code < 300 and ns.get("metadata"):
+            self.namespaces[namespace] = ns
+        return code == 404 or self.terminating(namespace)
 
     def terminating(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace) or {}
@@ -474,6 +516,9 @@ class Operator:
         path = f"{JOBS_PATH}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}/status"
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         code, answer = await self.writer.request("PATCH", path, body)
+        if code == 404:  # deleted under the cached copy: the next reconcile finds it gone
+            self.jobs.pop((meta["namespace"], meta["name"]), None)
+            raise StatusConflict(meta["name"])
         if code == 409:
             fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"])
             if fresh is not None:
@@ -482,7 +527,7 @@ class Operator:
             raise StatusConflict(meta["name"])
         if code >= 300:
             raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
-        self._gang_versions[meta["uid"]] = self._written[meta["uid"]] = _version(answer)
+        self._gang_versions[meta["uid"]] = _version(answer)
         self.jobs[(meta["namespace"], meta["name"])] = answer
         self._written_at[(meta["namespace"], meta["name"])] = time.monotonic()
 
@@ -530,16 +575,20 @@ class Operator:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
             await self.io(self.kube.delete_job, *key)
             return []
+        if plan.restarted and await self._namespace_going(meta["namespace"]):
+            return []  # its pods vanish with the namespace: that is no failure to restart for
         changed = status_changed(job, plan.status)
         acts = bool(plan.create or plan.delete or plan.events)
         since = time.monotonic() - self._written_at.get(key, 0.0)
         if (
             changed
             and not acts
+            and plan.status.get("phase") == "Creating"
             and since < COUNT_WRITE_SECONDS
             and only_counts_changed(job, plan.status)
         ):
-            # Counts alone: they go out with the next write, at most a second from the last.
+            # A gang starting, its counts alone changed: they go out with the next write, at
+            # most a second from the last (every pod of a big gang moves them a few times).
             wait = COUNT_WRITE_SECONDS - since
             plan.requeue_after = min(plan.requeue_after or wait, wait)
             changed = False
@@ -657,7 +706,10 @@ def register(op: Operator) -> None:
             await op.workers.forget(key)
             op.phases.pop(key, None)
             op._count_phases()
-        elif op.on_job(body) or not op.workers.has(key):
+        else:
+            # The echo of its own status write wakes the job too: a reconcile goes on from the
+            # state it recorded (a finished job's TTL, a restart's backoff) on that wake.
+            op.on_job(body)
             op.workers.ensure(key)
 
     @kopf.on.cleanup()
