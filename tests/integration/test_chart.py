@@ -192,6 +192,24 @@ def test_watch_namespaces_mode_runs_jobs_there_with_roles_and_ignores_other_name
             )  # fmt: skip
         assert refused.value.status == 403
         assert not live_pods(core, other, "outside")
+        # Its orphan sweep keeps to its namespace: a pod elsewhere that claims a job this
+        # operator cannot list is not its to delete; an orphan in its own namespace is.
+        outside_uid = custom.get_namespaced_custom_object(
+            "distml.io", "v1alpha1", other, "trainingjobs", "outside"
+        )["metadata"]["uid"]
+        for ns, name, uid in ((other, "outside-claimed", outside_uid),
+                              (namespace, "orphan", "no-such-job")):  # fmt: skip
+            core.create_namespaced_pod(ns, _claimed_pod(name, uid))
+        wait_for(
+            "the orphan in its namespace deleted",
+            lambda: (
+                not core.list_namespaced_pod(namespace, field_selector="metadata.name=orphan").items
+            ),
+            timeout=30,
+        )
+        assert (
+            core.read_namespaced_pod("outside-claimed", other).metadata.deletion_timestamp is None
+        )
         denied = [li for li in scoped.log.read_text().splitlines() if "is forbidden: User" in li]
         assert not denied, denied[:3]
     finally:
@@ -201,3 +219,17 @@ def test_watch_namespaces_mode_runs_jobs_there_with_roles_and_ignores_other_name
         for d in docs:
             if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
                 cluster.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], check=False)
+
+
+def _claimed_pod(name: str, owner_uid: str) -> dict:
+    """A pod labelled as the operator's, for the TrainingJob with `owner_uid`; never scheduled."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {
+            "distml.io/job-name": name, "distml.io/rank": "0",
+            "distml.io/restart-generation": "0", "app.kubernetes.io/managed-by": "distml-operator",
+            "distml.io/owner-kind": "TrainingJob", "distml.io/owner-uid": owner_uid}},
+        "spec": {"nodeSelector": {"no-such-label": "x"},
+                 "containers": [{"name": "c", "image": "x"}]},
+    }  # fmt: skip

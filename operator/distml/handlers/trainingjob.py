@@ -330,7 +330,13 @@ class Operator:
         distml.policies.orphans); returns how many."""
         managed = {"labelSelector": f"{labels.MANAGED_BY}={labels.OPERATOR}"}
         # Pods from the cache (the watch saw each before now); Services, few and small, listed.
-        objects = [("Pod", p) for pods in self.job_pods.values() for p in pods.values()]
+        # Only in the namespaces this operator owns: another operator's jobs are not in its LIST.
+        objects = [
+            ("Pod", p)
+            for (ns, _), pods in self.job_pods.items()
+            if not self.watched or ns in self.watched
+            for p in pods.values()
+        ]
         for path in self._scopes("/api/v1", "services"):
             items, _ = await self.writer.list_objects(path, **managed)
             objects += [("Service", o) for o in items]
