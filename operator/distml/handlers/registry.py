@@ -31,6 +31,9 @@ class JobWorkers:
             self._tasks[key] = asyncio.create_task(self._run(key), name=f"job {key[0]}/{key[1]}")
         self.wake(key)
 
+    def has(self, key: Key) -> bool:
+        return key in self._tasks and not self._tasks[key].done()
+
     def wake(self, key: Key) -> None:
         event = self._wake.get(key)
         if event is not None:

@@ -122,6 +122,7 @@ class Operator:
         self.primed = False  # every cache filled once (jobs included)
         self.synced: set[str] = set()  # caches whose LIST or WATCH is current
         self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
+        self._resync: asyncio.Task[None] | None = None
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -304,23 +305,41 @@ class Operator:
                     log.warning("listing %s failed (%s); retrying", path, err2)
                     await asyncio.sleep(1.0)
                     continue
-                if path == NODES and not isinstance(err, WatchExpired):
+                idle = self._resync is None or self._resync.done()
+                if path == NODES and not isinstance(err, WatchExpired) and idle:
                     # Back from an outage: the jobs too, at once, rather than when kopf's own
                     # watch is through its backoff (seconds later, after a long outage).
-                    await self.resync_jobs()
+                    self._resync = asyncio.create_task(self.resync_jobs())
 
-    async def resync_jobs(self) -> None:
-        """LISTs the jobs into the cache and reconciles each (what kopf's watch would bring)."""
-        try:
-            for path in self._scopes(JOBS_PATH, PLURAL):
-                items, listed = await self.writer.list_objects(path)
-                for job in items:
-                    meta = job["metadata"]
-                    self.on_job(job)
-                    self.workers.ensure((meta["namespace"], meta["name"]))
-                self._forget_missing({j["metadata"]["uid"] for j in items}, int(listed or 0), path)
-        except Exception as err:  # kopf's watch brings them anyway, a little later
-            log.warning("re-listing jobs after an outage failed (%s)", err)
+    async def resync_jobs(self, attempts: int = 30) -> None:
+        """LISTs the jobs into the cache and reconciles every one (what kopf's watch would
+        bring), asking again while a starting API server refuses (429, 403)."""
+        for attempt in range(attempts):
+            try:
+                await self._list_jobs(wake_all=True)
+                return
+            except Exception as err:
+                if attempt == attempts - 1:
+                    log.warning("re-listing jobs after an outage failed (%s)", err)
+                await asyncio.sleep(1.0)
+
+    async def _list_jobs(self, wake_all: bool) -> set[str]:
+        """LISTs every job into the cache; a job with no worker yet (its event lost in a broken
+        watch) gets one, and with `wake_all` every job is reconciled. Returns the UIDs of the
+        jobs not being deleted."""
+        live: set[str] = set()
+        for path in self._scopes(JOBS_PATH, PLURAL):
+            items, listed = await self.writer.list_objects(path)
+            for job in items:
+                meta = job["metadata"]
+                key = (meta["namespace"], meta["name"])
+                self.on_job(job)
+                if wake_all or not self.workers.has(key):
+                    self.workers.ensure(key)
+                if not meta.get("deletionTimestamp"):
+                    live.add(meta["uid"])
+            self._forget_missing({j["metadata"]["uid"] for j in items}, int(listed or 0), path)
+        return live
 
     def _scopes(self, api: str, resource: str) -> list[str]:
         return [f"{api}/namespaces/{ns}/{resource}" for ns in self.watched] or [f"{api}/{resource}"]
@@ -340,12 +359,9 @@ class Operator:
         for path in self._scopes("/api/v1", "services"):
             items, _ = await self.writer.list_objects(path, **managed)
             objects += [("Service", o) for o in items]
-        live: set[str] = set()
-        for path in self._scopes(JOBS_PATH, PLURAL):  # after the objects: see orphans.find
-            jobs, listed = await self.writer.list_objects(path)
-            live.update(j["metadata"]["uid"] for j in jobs if not j["metadata"].get(
-                "deletionTimestamp"))  # fmt: skip
-            self._forget_missing({j["metadata"]["uid"] for j in jobs}, int(listed or 0), path)
+        # After the objects (see orphans.find). The LIST doubles as a resync: a job whose
+        # event a broken watch lost is reconciled within one period.
+        live = await self._list_jobs(wake_all=False)
         candidates = [
             o
             for kind in ("Pod", "Service")
