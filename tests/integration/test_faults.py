@@ -197,7 +197,8 @@ def test_after_an_api_outage_the_operator_is_not_ready_then_reconciles_within_se
         jobs.create(custom, namespace, jobs.training_job(name, 1, 8, sel))
         wait_for("the operator to be ready", lambda: operator.probe()[0] == 200, timeout=30)
         ready = time.monotonic() - back
-        wait_for(f"{name}'s pod created", lambda n=name: jobs.pods(core, namespace, n), timeout=30)
+        _report(custom, namespace, name, f"{name}'s pod created",
+                lambda n=name: jobs.pods(core, namespace, n), timeout=30)  # fmt: skip
         figures[how] = (ready, time.monotonic() - back)
         settled(core, namespace)
         jobs.wait_phase(custom, namespace, name, "Running", timeout=60)
