@@ -77,8 +77,14 @@ def running_pods(core, ns: str, name: str, n: int, gen: int = 0, timeout: float 
         ]
         return ps if len(ps) == n and all(p.status.phase == "Running" for p in ps) else None
 
+    custom = client.CustomObjectsApi(core.api_client)
+    return wait_reporting(custom, ns, name, f"{n} Running pods of {name} generation {gen}", ok,
+                          timeout)  # fmt: skip
+
+
+def wait_reporting(custom, ns: str, name: str, what: str, probe, timeout: float = 60):
+    """wait_for; on a timeout, says what the job itself reports, for whoever reads the failure."""
     try:
-        return wait_for(f"{n} Running pods of {name} generation {gen}", ok, timeout=timeout)
-    except AssertionError as err:  # say what the job itself reports, for whoever reads the failure
-        st = status(client.CustomObjectsApi(core.api_client), ns, name)
-        raise AssertionError(f"{err}; the job's status: {st}") from None
+        return wait_for(what, probe, timeout=timeout)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the job's status: {status(custom, ns, name)}") from None

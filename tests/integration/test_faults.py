@@ -197,8 +197,8 @@ def test_after_an_api_outage_the_operator_is_not_ready_then_reconciles_within_se
         jobs.create(custom, namespace, jobs.training_job(name, 1, 8, sel))
         wait_for("the operator to be ready", lambda: operator.probe()[0] == 200, timeout=30)
         ready = time.monotonic() - back
-        _report(custom, namespace, name, f"{name}'s pod created",
-                lambda n=name: jobs.pods(core, namespace, n), timeout=30)  # fmt: skip
+        jobs.wait_reporting(custom, namespace, name, f"{name}'s pod created",
+                            lambda n=name: jobs.pods(core, namespace, n), timeout=30)  # fmt: skip
         figures[how] = (ready, time.monotonic() - back)
         settled(core, namespace)
         jobs.wait_phase(custom, namespace, name, "Running", timeout=60)
@@ -222,7 +222,7 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     try:
         for node in kwok:
             faults.node_down(cluster, node)
-        st = _report(
+        st = jobs.wait_reporting(
             custom,
             namespace,
             "steady",
@@ -250,16 +250,6 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     assert operator.value("distml_job_restarts_total") == restarts
     reasons = jobs.event_reasons(core, namespace, "steady")
     assert reasons.count("NodesDisrupted") == 1 and "WorkerFailed" not in reasons
-
-
-def _report(custom, namespace, name, what, probe, timeout):
-    """wait_for, and on a timeout what the job said."""
-    try:
-        return wait_for(what, probe, timeout=timeout)
-    except AssertionError as err:
-        raise AssertionError(
-            f"{err}; the job's status: {jobs.status(custom, namespace, name)}"
-        ) from None
 
 
 def test_two_operators_without_peering_post_each_transition_once(
