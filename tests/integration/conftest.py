@@ -72,7 +72,7 @@ def node_pool(core: client.CoreV1Api, cluster: LocalCluster):
     other test's pods land there; deletes them afterwards. Returns (label selector dict, names)."""
     from distml.localcluster.nodes import render_gpu_node
 
-    from .helpers import wait_for
+    from .helpers import nodes_usable, wait_for
 
     made: list[str] = []
 
@@ -89,17 +89,9 @@ def node_pool(core: client.CoreV1Api, cluster: LocalCluster):
             names.append(body["metadata"]["name"])
             made.append(body["metadata"]["name"])
 
-        def all_ready() -> bool:
-            # Ready, and the node lifecycle controller has lifted its not-ready taint.
-            ns = core.list_node(label_selector=f"{POOL_LABEL}={pool}").items
-            return len(ns) == count and all(
-                any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-                and not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
-                for n in ns
-            )
-
-        wait_for(f"{count} pool nodes Ready", all_ready, timeout=60)
-        return {POOL_LABEL: pool}, names
+        selector = {POOL_LABEL: pool}
+        wait_for(f"{count} pool nodes Ready", lambda: nodes_usable(core, selector, count), 60)
+        return selector, names
 
     yield make
     for name in made:

@@ -23,6 +23,18 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 60.0, every: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def nodes_usable(core, selector: dict, count: int) -> bool:
+    """Whether `count` nodes match `selector`, all Ready and free of the node lifecycle
+    controller's taints (not-ready, unreachable), so that a gang may be admitted there."""
+    sel = ",".join(f"{k}={v}" for k, v in selector.items())
+    ns = core.list_node(label_selector=sel).items
+    return len(ns) == count and all(
+        any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        and not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
+        for n in ns
+    )
+
+
 def gpu_pod(name: str, gpus: int, node_selector: dict | None = None, **meta: dict) -> dict:
     """A plain pod asking for `gpus` GPUs and tolerating the GPU taint."""
     return {

@@ -17,7 +17,7 @@ from distml.localcluster.nodes import KWOK_ANNOTATION
 
 from . import jobs
 from .conftest import OperatorProcess
-from .helpers import settled, wait_for
+from .helpers import nodes_usable, settled, wait_for
 
 GEN = "distml.io/restart-generation"
 
@@ -197,14 +197,19 @@ def test_after_an_api_outage_the_operator_is_not_ready_then_reconciles_within_se
         jobs.create(custom, namespace, jobs.training_job(name, 1, 8, sel))
         wait_for("the operator to be ready", lambda: operator.probe()[0] == 200, timeout=30)
         ready = time.monotonic() - back
+        # The simulated nodes' heartbeats back off while the API server is away; after two
+        # outages close together the node lifecycle controller can mark them NotReady, and the
+        # job rightly waits for them. The operator's part is measured from when they are usable.
+        wait_for("the pool's nodes usable again", lambda: nodes_usable(core, sel, 2), 120)
+        usable = time.monotonic() - back
         jobs.wait_reporting(custom, namespace, name, f"{name}'s pod created",
                             lambda n=name: jobs.pods(core, namespace, n), timeout=30)  # fmt: skip
-        figures[how] = (ready, time.monotonic() - back)
+        figures[how] = (ready, usable, time.monotonic() - back)
         settled(core, namespace)
         jobs.wait_phase(custom, namespace, name, "Running", timeout=60)
-    for how, (ready, created) in figures.items():
-        print(f"API back -> operator ready {ready:.1f}s, a new job's pods created {created:.1f}s"
-              f" ({how} the outage)")  # fmt: skip
+    for how, (ready, usable, created) in figures.items():
+        print(f"API back -> operator ready {ready:.1f}s, nodes usable {usable:.1f}s, a new job's"
+              f" pods created {created:.1f}s ({how} the outage)")  # fmt: skip
 
 
 def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
