@@ -22,7 +22,7 @@ from distml import health, podpolicy
 from distml.handlers.settings import NoDiffBase
 from distml.handlers.trainingjob import Operator, register
 from distml.kube import Kube
-from distml.planning import Settings
+from distml.trainingjob import Settings
 
 
 def _api_client() -> client.ApiClient:
@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         "--backoff-cap-seconds",
         type=float,
         default=float(os.environ.get("DISTML_BACKOFF_CAP_SECONDS", 300)),
+    )
+    ap.add_argument(
+        "--node-loss-seconds",
+        type=float,
+        default=float(os.environ.get("DISTML_NODE_LOSS_SECONDS", 15)),
+        help="how long a node must be NotReady before its pods count as lost, unless many nodes "
+        "are at once (an outage)",
     )
     ap.add_argument(
         "--backfill-seconds",
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             backoff_base_seconds=args.backoff_base_seconds,
             backoff_cap_seconds=args.backoff_cap_seconds,
             backfill_seconds=args.backfill_seconds,
+            node_loss_seconds=args.node_loss_seconds,
             pod_rules=podpolicy.PodRules(
                 default_level=args.pod_security_level,
                 allow_node_name=args.allow_node_name,

@@ -105,5 +105,19 @@ def node_ready(node: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
+def not_ready_since(node: Obj) -> str | None:
+    """When the node's Ready condition last left True (ISO time), or None while it is Ready; a
+    node that never reported its condition counts as NotReady since it was created."""
+    conds = (node.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conds if c.get("type") == "Ready"), None)
+    created = node["metadata"].get("creationTimestamp")
+    if ready is None:
+        return str(created) if created else None
+    if ready.get("status") == "True":
+        return None
+    since = ready.get("lastTransitionTime") or created
+    return str(since) if since else None
+
+
 def node_gpus(node: Obj) -> int:
     return int(((node.get("status") or {}).get("allocatable") or {}).get(labels.GPU) or 0)

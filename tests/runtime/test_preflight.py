@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distml.planning import EXIT_PREFLIGHT_SLOW
+from distml.trainingjob.policies.preflight import EXIT_PREFLIGHT_SLOW
 from distml_runtime.preflight import EXIT_SLOW
 
 

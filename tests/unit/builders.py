@@ -150,16 +150,43 @@ def make_pod(job: str, rank: int, generation: int = 0, gpus: int = 8) -> PodBuil
     return PodBuilder(job, rank, generation, gpus)
 
 
-def make_node(name: str, gpus: int = 8, ready: bool = True, **node_labels: str) -> dict[str, Any]:
+def make_node(
+    name: str, gpus: int = 8, ready: bool = True, since: float = -60.0, **node_labels: str
+) -> dict[str, Any]:
+    """A GPU node; a NotReady one has been so since `since` (seconds from T0)."""
+    ready_condition = {"type": "Ready", "status": "True" if ready else "Unknown"}
+    if not ready:
+        ready_condition["lastTransitionTime"] = stamp(since)
     return {
         "metadata": {"name": name, "labels": dict(node_labels)},
         "spec": {"taints": [{"key": labels.GPU_TAINT_KEY, "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": {labels.GPU: str(gpus)},
-            "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown"}],
-        },
+        "status": {"allocatable": {labels.GPU: str(gpus)}, "conditions": [ready_condition]},
     }
 
 
 def nodes(n: int, gpus: int = 8) -> list[dict[str, Any]]:
     return [make_node(f"n{i}", gpus) for i in range(n)]
+
+
+def admitted_job(
+    n: int = 2,
+    gen: int = 0,
+    nodes_: tuple[str, ...] = ("n0", "n1"),
+    phase: str = "Creating",
+    **status: Any,
+) -> dict[str, Any]:
+    """A job whose generation `gen` was admitted at T0 onto `nodes_`, in `phase`."""
+    adm = {"restartGeneration": gen, "replicas": n, "gpusPerReplica": 8, "nodes": list(nodes_)}
+    return (
+        make_job()
+        .replicas(n)
+        .status(
+            phase=phase,
+            restartGeneration=gen,
+            admittedTime=stamp(0),
+            startTime=stamp(0),
+            admission=adm,
+            **status,
+        )
+        .obj()
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from distml.policies.disruption import ZONE_LABEL, find, hold
+from distml.policies.disruption import ZONE_LABEL, find, hold, loss_pending
 
-from .builders import make_node
+from .builders import at, make_node
 
 
 def cluster(zones: dict[str, tuple[int, int]]):
@@ -64,3 +64,22 @@ def test_nodes_still_silent_when_the_disruption_ends_are_held_for_a_grace_then_l
     held = hold(held, find(nodes), nodes, now=20.0, grace=60)
     assert held == {"a-3": 70.0}  # a-2 reported back; the end does not move
     assert hold(held, find(nodes), nodes, now=71.0, grace=60) == {}  # a-3 is lost now
+
+
+@pytest.mark.parametrize(
+    ("ready", "since", "now", "left"),
+    [
+        (True, 0, 0, 0.0),  # Ready: nothing pending
+        (False, 0, 0, 15.0),  # just went NotReady: the whole window
+        (False, 0, 6, 9.0),
+        (False, 0, 15, 0.0),  # the window passed: lost now
+        (False, 0, 40, 0.0),
+    ],
+)
+def test_a_not_ready_node_is_lost_only_after_the_window(ready, since, now, left):
+    assert loss_pending(make_node("n", ready=ready, since=since), at(now), after=15) == left
+
+
+def test_a_node_that_never_reported_counts_from_its_creation():
+    node = {"metadata": {"name": "n", "creationTimestamp": "2026-01-01T12:00:00Z"}}
+    assert loss_pending(node, at(5), after=15) == 10.0

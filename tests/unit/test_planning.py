@@ -7,9 +7,9 @@ import json
 import pytest
 
 from distml import labels
-from distml.planning import Settings, World, plan_reconcile
+from distml.trainingjob import Settings, World, plan_reconcile
 
-from .builders import at, make_job, make_node, make_pod, nodes, stamp
+from .builders import admitted_job, at, make_job, make_node, make_pod, nodes, stamp
 
 SETTINGS = Settings(backoff_base_seconds=10, backoff_cap_seconds=300)
 
@@ -86,7 +86,7 @@ def test_all_workers_running_is_running_and_reports_ranks():
     pods = [make_pod("llm", r).running().obj() for r in range(2)]
     p = plan(job, pods, now=7)
     assert p.status["phase"] == "Running" and p.status["readyText"] == "2/2"
-    assert p.status["gpus"] == 16 and p.started_seconds == 7
+    assert p.status["gpus"] == 16 and p.signals.started_seconds == 7
     assert p.status["ranks"] == [
         {"rank": 0, "pod": "llm-worker-0-0", "node": "n0"},
         {"rank": 1, "pod": "llm-worker-1-0", "node": "n1"},
@@ -118,7 +118,7 @@ def test_restart_moves_to_a_new_generation_after_backoff():
     assert p.status["restarts"] == 2 and p.status["restartGeneration"] == 1
     assert p.status["nextAttemptTime"] == stamp(30 + 20)  # 10s doubled for the 2nd restart
     assert sorted(d.name for d in p.delete) == ["llm-worker-0-0", "llm-worker-1-0"]
-    assert p.requeue_after == 20 and p.restarted
+    assert p.requeue_after == 20 and p.signals.restarted
 
     # Old pods still there: wait for them; then, after the backoff, a new gang.
     job = running_job()
@@ -163,7 +163,7 @@ def test_gang_that_does_not_start_in_time_is_released_and_requeued():
     pods = [make_pod("llm", 0).running().obj(), make_pod("llm", 1).unscheduled().obj()]
     assert plan(job, pods, now=59).delete == []
     p = plan(job, pods, now=61)
-    assert p.status["phase"] == "Queued" and p.gang_timeout
+    assert p.status["phase"] == "Queued" and p.signals.gang_timeout
     assert p.status["conditions"][-1]["reason"] == "GangTimeout"
     assert "only 1/2 workers were Running after 60s" in p.status["message"]
     assert len(p.delete) == 2 and p.status["restartGeneration"] == 1
@@ -259,7 +259,7 @@ def test_preflight_below_the_minimum_fails_the_job_at_once_naming_the_link():
     job["spec"]["preflight"] = {"minBusBwGbps": 10}
     pods = [make_pod("llm", r).preflight(3, _verdict(False, 0.5)).obj() for r in range(2)]
     p = plan(job, pods, now=30)
-    assert p.status["phase"] == "Failed" and not p.restarted
+    assert p.status["phase"] == "Failed" and not p.signals.restarted
     cond = p.status["conditions"][-1]
     assert cond["reason"] == "PreflightFailed" and "n0 <-> n1" in cond["message"]
     assert p.status["preflight"]["passed"] is False
@@ -275,11 +275,11 @@ def test_preflight_that_passes_lands_in_status_once_per_generation():
     assert p.status["phase"] == "Running"
     assert p.status["preflight"]["busBwGbps"] == 42.5
     assert p.status["preflight"]["restartGeneration"] == 2
-    assert p.preflight_busbw_gbps == 42.5
+    assert p.signals.preflight_busbw_gbps == 42.5
     assert "PreflightPassed" in [e.reason for e in p.events]
     job["status"] = p.status
     again = plan(job, pods, now=31)
-    assert again.preflight_busbw_gbps is None and again.events == []
+    assert again.signals.preflight_busbw_gbps is None and again.events == []
 
 
 def test_preflight_peers_that_never_met_is_retryable():
@@ -287,24 +287,7 @@ def test_preflight_peers_that_never_met_is_retryable():
     job["spec"]["preflight"] = {}
     pods = [make_pod("llm", 0).preflight(75, "").obj(), make_pod("llm", 1).running().obj()]
     p = plan(job, pods, now=30)
-    assert p.status["phase"] == "Restarting" and p.restarted
-
-
-def admitted_job(n=2, gen=0, nodes_=("n0", "n1"), phase="Creating", **status):
-    adm = {"restartGeneration": gen, "replicas": n, "gpusPerReplica": 8, "nodes": list(nodes_)}
-    return (
-        make_job()
-        .replicas(n)
-        .status(
-            phase=phase,
-            restartGeneration=gen,
-            admittedTime=stamp(0),
-            startTime=stamp(0),
-            admission=adm,
-            **status,
-        )
-        .obj()
-    )
+    assert p.status["phase"] == "Restarting" and p.signals.restarted
 
 
 def test_admission_is_recorded_with_a_node_per_rank_and_each_pod_is_pinned_there():
@@ -339,7 +322,7 @@ def test_a_refused_create_releases_the_half_gang_and_backs_off_quoting_the_api()
     world = World(job=admitted_job(gangAttempts=1), pods=pods, nodes=nodes(4), cluster_pods=pods,
                   now=at(5), refused=[why])  # fmt: skip
     p = plan_reconcile(world, SETTINGS)
-    assert p.status["phase"] == "Queued" and p.refused and p.create == []
+    assert p.status["phase"] == "Queued" and p.signals.refused and p.create == []
     assert [d.name for d in p.delete] == ["llm-worker-0-0"]
     assert p.status["restartGeneration"] == 1 and p.status["restarts"] == 0
     assert p.status["nextAttemptTime"] == stamp(15)
@@ -354,7 +337,7 @@ def test_changing_replicas_is_a_resize_not_a_failure(before, after):
     job["spec"]["replicas"] = after
     pods = [make_pod("llm", r).running().obj() for r in range(before)]
     p = plan(job, pods, now=30)
-    assert p.status["phase"] == "Restarting" and p.resized and not p.restarted
+    assert p.status["phase"] == "Restarting" and p.signals.resized and not p.signals.restarted
     assert p.status["conditions"][-1]["reason"] == "Resized"
     assert p.status["restarts"] == 0 and p.status["resizes"] == 1
     assert p.status["restartGeneration"] == 1 and len(p.delete) == before
@@ -402,7 +385,7 @@ def test_the_namespace_level_applies_and_node_name_is_refused():
 
 
 def test_a_queued_job_shows_its_place_in_the_queue():
-    from distml.planning import demand
+    from distml.trainingjob import demand
 
     first = make_job("first").replicas(4).obj()
     first["metadata"].update(uid="u0", creationTimestamp="2025-01-01T00:00:00Z")
@@ -415,7 +398,7 @@ def test_a_queued_job_shows_its_place_in_the_queue():
 
 
 def test_a_status_stored_without_its_nulls_is_not_written_again():
-    from distml.planning import status_changed
+    from distml.trainingjob import status_changed
 
     job = make_job().replicas(2).obj()
     p = plan(job)
@@ -433,7 +416,7 @@ def test_pods_on_nodes_not_ready_together_are_held_not_restarted():
     assert p.status["phase"] == "Running" and p.status["reason"] == "NodesDisrupted"
     assert p.delete == [] and p.create == [] and p.status.get("restarts", 0) == 0
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "NodesDisrupted")]
-    assert "4 of 4 nodes" in p.status["message"] and p.disrupted
+    assert "4 of 4 nodes" in p.status["message"] and p.signals.disrupted
     # Once the nodes report again, it is simply running.
     held = {**running_job(), "status": {**running_job()["status"], **p.status}}
     p2 = plan(held, pods)
@@ -461,6 +444,32 @@ def test_a_node_still_held_after_the_disruption_ended_is_waited_for_not_lost():
     assert plan(running_job(), pods, cluster=cluster).status["phase"] == "Restarting"
 
 
+def test_a_node_just_gone_not_ready_is_waited_for_then_its_pods_are_lost():
+    """Nodes go NotReady one by one in an outage too: the first is not taken for lost until it
+    has been NotReady for node_loss_seconds, by which time the others have followed."""
+    pods = [make_pod("llm", r).on(f"n{r}").running().obj() for r in range(2)]
+    cluster = [make_node(f"n{i}", ready=i != 1, since=-4) for i in range(4)]
+    p = plan(running_job(), pods, cluster=cluster)
+    assert p.status["phase"] == "Running" and p.status["reason"] == "NodeNotReady"
+    assert p.delete == [] and p.status.get("restarts", 0) == 0 and not p.signals.disrupted
+    assert p.requeue_after == SETTINGS.node_loss_seconds - 4
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "NodeNotReady")]
+    assert "NotReady: n1" in p.status["message"]
+    job = running_job()
+    job["status"].update(p.status)
+    # Still silent once the window has passed, and alone: lost, the group restarts.
+    late = plan(job, pods, cluster=cluster, now=SETTINGS.node_loss_seconds)
+    assert late.status["phase"] == "Restarting" and late.status["restarts"] == 1
+    assert "its node n1 is NotReady" in late.status["message"]
+    # Joined by others within the window: an outage, held.
+    many = [make_node(f"n{i}", ready=False, since=-4 + i) for i in range(4)]
+    held = plan(job, pods, cluster=many, now=SETTINGS.node_loss_seconds)
+    assert held.status["reason"] == "NodesDisrupted" and held.delete == []
+    # A node deleted outright is gone at once: no window.
+    gone = plan(running_job(), pods, cluster=[make_node("n0")])
+    assert gone.status["phase"] == "Restarting" and "n1 is gone" in gone.status["message"]
+
+
 def test_a_disruption_is_announced_once_while_its_count_grows():
     pods = [make_pod("llm", r).on(f"n{r}").running().obj() for r in range(2)]
     first = [make_node(f"n{i}", ready=i >= 3) for i in range(4)]  # 3 of 4
@@ -472,7 +481,7 @@ def test_a_disruption_is_announced_once_while_its_count_grows():
 
 
 def test_a_change_of_counts_alone_is_told_from_one_that_says_something_new():
-    from distml.planning import only_counts_changed
+    from distml.trainingjob import only_counts_changed
 
     job = running_job()
     base = plan(job).status  # a full status, as the operator writes it

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from distml_runtime import distenv
 from distml_runtime.bench.allreduce import measure, parse_bytes, pick_algorithm
 
-EXIT_SLOW = 3  # the operator's distml.planning.EXIT_PREFLIGHT_SLOW
+EXIT_SLOW = 3  # the operator's distml.trainingjob.policies.preflight.EXIT_PREFLIGHT_SLOW
 EXIT_NO_PEERS = 75
 MAX_LINKS_REPORTED = 8  # the termination message holds 4 KiB
 

@@ -22,7 +22,8 @@ from distml import admission, failpoints, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
 from distml.kube import AsyncWriter, Kube, WatchExpired, api_message
-from distml.planning import (
+from distml.policies import disruption, orphans
+from distml.trainingjob import (
     Plan,
     Settings,
     World,
@@ -32,7 +33,6 @@ from distml.planning import (
     plan_reconcile,
     status_changed,
 )
-from distml.policies import disruption, orphans
 
 log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
@@ -597,7 +597,7 @@ class Operator:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
             await self.io(self.kube.delete_job, *key)
             return []
-        if plan.restarted and await self._namespace_going(meta["namespace"]):
+        if plan.signals.restarted and await self._namespace_going(meta["namespace"]):
             return []  # its pods vanish with the namespace: that is no failure to restart for
         changed = status_changed(job, plan.status)
         acts = bool(plan.create or plan.delete or plan.events)
@@ -652,27 +652,27 @@ class Operator:
         return refused
 
     def _observe(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
-        if plan.started_seconds is not None:
+        if plan.signals.started_seconds is not None:
             created = dt.datetime.fromisoformat(
                 job["metadata"]["creationTimestamp"].replace("Z", "+00:00")
             )
             metrics.TIME_TO_RUNNING.observe((now - created).total_seconds())
-        if plan.queue_wait_seconds is not None:
-            metrics.QUEUE_WAIT.observe(plan.queue_wait_seconds)
-        if plan.gang_timeout:
+        if plan.signals.queue_wait_seconds is not None:
+            metrics.QUEUE_WAIT.observe(plan.signals.queue_wait_seconds)
+        if plan.signals.gang_timeout:
             metrics.GANG_TIMEOUTS.inc()
-        if plan.resized:
+        if plan.signals.resized:
             metrics.RESIZES.inc()
-        if plan.refused:
+        if plan.signals.refused:
             metrics.CREATES_REFUSED.inc()
-        if plan.disrupted:
+        if plan.signals.disrupted:
             metrics.RESTARTS_HELD.inc()
-        if plan.preflight_busbw_gbps is not None:
+        if plan.signals.preflight_busbw_gbps is not None:
             meta = job["metadata"]
             metrics.PREFLIGHT_BUSBW.labels(meta["namespace"], meta["name"]).set(
-                plan.preflight_busbw_gbps
+                plan.signals.preflight_busbw_gbps
             )
-        if plan.restarted:
+        if plan.signals.restarted:
             reason = next(
                 (
                     c.get("reason", "")

@@ -12,10 +12,17 @@ A pod on a NotReady node the disruption covers is not counted as lost; a node th
 or NotReady on its own, still is. Nodes report back one by one, so the disruption ends while some
 are still NotReady: those stay held for `grace` seconds after it ended (`hold`), and only a node
 still silent then is taken as lost.
+
+Nodes do not go NotReady at the same instant in an outage either: each heartbeat stops at its own
+point of its interval, so the controller marks them one by one over about one heartbeat interval
+plus its monitor period. A node NotReady for less than `NODE_LOSS_SECONDS` is therefore not lost
+yet (`loss_pending`): if it is the first of many, the disruption is seen before its pods are
+restarted for nothing. The price is that long on a real node loss.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +85,17 @@ def find(nodes: Iterable[Obj], threshold: float = UNHEALTHY_ZONE_THRESHOLD) -> D
 
 
 RECOVERY_GRACE_SECONDS = 60.0
+# Kubelets renew their lease every 10 s and the controller looks every 5 s: 15 s covers the spread.
+NODE_LOSS_SECONDS = 15.0
+
+
+def loss_pending(node: Obj, now: dt.datetime, after: float = NODE_LOSS_SECONDS) -> float:
+    """Seconds until a NotReady node's pods are taken for lost (0: now, or the node is Ready)."""
+    since = podstate.not_ready_since(node)
+    if since is None:
+        return 0.0
+    went = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+    return max(0.0, after - (now - went).total_seconds())
 
 
 def hold(

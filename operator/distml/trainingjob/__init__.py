@@ -1,0 +1,34 @@
+"""TrainingJob's pure side: observe the job and its world, decide by policies in a written
+order, render its pods. The handler (distml.handlers.trainingjob) is the I/O around it."""
+
+from distml.trainingjob.demand import demand
+from distml.trainingjob.model import (
+    Event,
+    Plan,
+    PodDeletion,
+    Settings,
+    World,
+    dump_status,
+    iso,
+    only_counts_changed,
+    parse_time,
+    read_status,
+    status_changed,
+)
+from distml.trainingjob.planner import plan_reconcile
+
+__all__ = [
+    "Event",
+    "Plan",
+    "PodDeletion",
+    "Settings",
+    "World",
+    "demand",
+    "dump_status",
+    "iso",
+    "only_counts_changed",
+    "parse_time",
+    "plan_reconcile",
+    "read_status",
+    "status_changed",
+]

@@ -1,0 +1,49 @@
+"""A TrainingJob's demand on the GPU ledger, read from its raw spec and status (the handler
+calls it for every job event, so it skips the models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distml import admission, rendering
+from distml.api.models import FINISHED, Phase
+from distml.nodefit import NodeFilter
+from distml.trainingjob.model import parse_time
+
+Obj = dict[str, Any]
+
+
+def demand(job: Obj) -> admission.Gang | None:
+    """None when it wants no GPUs: finished, suspended, being deleted."""
+    meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+    phase = status.get("phase")
+    if meta.get("deletionTimestamp") or phase in FINISHED:
+        return None
+    if (spec.get("runPolicy") or {}).get("suspend"):
+        return None
+    generation = int(status.get("restartGeneration") or 0)
+    adm = status.get("admission") or {}
+    admitted: tuple[str, ...] | None = None
+    replicas, gpus = int(spec.get("replicas", 1)), int(spec.get("gpusPerReplica", 0))
+    if adm and int(adm.get("restartGeneration", -1)) == generation:
+        replicas, gpus = int(adm.get("replicas", replicas)), int(adm.get("gpusPerReplica", gpus))
+        admitted = tuple(adm.get("nodes") or ()) or ("",) * replicas
+    elif phase in (Phase.CREATING, Phase.RUNNING) and status.get("admittedTime"):
+        admitted = ("",) * replicas  # admitted by an operator that kept no admission record
+    nodes = NodeFilter.of((spec.get("template") or {}).get("spec") or {})
+    if gpus:
+        nodes = nodes.tolerating(rendering.GPU_TOLERATION)  # what render_worker_pod adds
+    return admission.Gang(
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta["name"]),
+        replicas=replicas,
+        gpus_per_replica=gpus,
+        generation=generation,
+        nodes=nodes,
+        priority=int(spec.get("priority", 0)),
+        created=str(meta.get("creationTimestamp", "")),
+        restarting=phase == Phase.RESTARTING,
+        waiting_since=parse_time(status.get("queuedTime")),
+        admitted=admitted,
+    )

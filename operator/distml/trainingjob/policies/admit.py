@@ -1,0 +1,68 @@
+"""Gang admission: the job's place in the queue and the GPU ledger decide whether its whole
+gang fits now; admitted, it is recorded with a node per rank and its pods are created, or it
+waits Queued with its position and why."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distml import admission
+from distml.api.models import Admission, Phase
+from distml.trainingjob import actions
+from distml.trainingjob.demand import demand
+from distml.trainingjob.model import Outcome, PhaseChange, Signals, dump_status, parse_time
+from distml.trainingjob.observe import Observation
+
+
+def decide(o: Observation) -> Outcome | None:
+    if o.admission is not None:
+        return None
+    queued = o.status.queued_time or o.stamp
+    status = o.status.model_copy(update={"queued_time": queued, "admission": None})
+    mine = demand({**o.world.job, "status": dump_status(status)})
+    assert mine is not None
+    # Its admission is what is being decided, whatever an older status says (an operator that
+    # kept no admission record left admittedTime on a gang whose pods are all gone).
+    mine = dataclasses.replace(mine, admitted=None)
+    verdict = admission.plan_queue(
+        [*o.world.gangs, mine],
+        o.world.nodes,
+        o.world.cluster_pods,
+        o.now,
+        o.settings.backfill_seconds,
+        until=mine.uid,
+    )[mine.uid]
+    if not verdict.admitted:
+        kind = "Warning" if verdict.reason in ("NoNodeFits", "NoMatchingNode") else "Normal"
+        return Outcome(
+            phase=PhaseChange(Phase.QUEUED, verdict.reason, verdict.message, kind),
+            status={"queued_time": queued, "queue_position": verdict.position},
+            requeue_after=o.settings.queued_recheck_seconds,
+        )
+    adm = Admission(
+        restart_generation=o.generation,
+        replicas=o.spec.replicas,
+        gpus_per_replica=o.spec.gpus_per_replica,
+        nodes=[n for n in verdict.nodes if n],
+        time=o.stamp,
+    )
+    waited = (o.now - (parse_time(queued) or o.now)).total_seconds()
+    return Outcome(
+        phase=PhaseChange(
+            Phase.CREATING,
+            "Admitted",
+            f"admitted ({verdict.message}); creating {o.spec.replicas} pods",
+        ),
+        status={
+            "admission": adm,
+            "queued_time": None,
+            "queue_position": None,
+            "admitted_time": o.stamp,
+            "gang_attempts": o.status.gang_attempts + 1,
+            "next_attempt_time": None,
+            "start_time": o.status.start_time or o.stamp,
+        },
+        create=actions.create_missing(o, adm, set(), o.spec.replicas),
+        requeue_after=o.spec.gang.timeout_seconds,
+        signals=Signals(queue_wait_seconds=waited),
+    )

@@ -1,0 +1,640 @@
+"""Each TrainingJob policy on its own, table by table: from an observation, the outcome it
+decides, or None when it has nothing to say. The whole planner's tables are in test_planning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from distml import labels
+from distml.trainingjob import Settings, World
+from distml.trainingjob.observe import observe
+from distml.trainingjob.policies import (
+    admit,
+    adopted,
+    backing_off,
+    deadline,
+    disrupted,
+    failed,
+    finished,
+    gang_wait,
+    missing,
+    node_loss,
+    pod_policy,
+    predecessor,
+    preflight,
+    previous_generation,
+    refused,
+    resized,
+    resumed,
+    running,
+    stale_pods,
+    succeeded,
+    suspended,
+)
+
+from .builders import admitted_job, at, make_job, make_node, make_pod, nodes, stamp
+
+SETTINGS = Settings(backoff_base_seconds=10, backoff_cap_seconds=300, node_loss_seconds=15)
+
+
+@dataclass
+class Case:
+    """A world, and what the policy must decide from it: None, or the outcome's phase and
+    reason, whether it ends the run, its requeue, the pods it deletes and creates, and status
+    fields it sets (Python names)."""
+
+    job: dict[str, Any]
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    cluster: list[dict[str, Any]] | None = None
+    now: float = 0.0
+    refused: list[str] = field(default_factory=list)
+    expect: dict[str, Any] | None = None
+
+
+def decide(policy, case: Case):
+    world = World(
+        job=case.job,
+        pods=case.pods,
+        nodes=nodes(4) if case.cluster is None else case.cluster,
+        cluster_pods=case.pods,
+        now=at(case.now),
+        refused=case.refused,
+    )
+    return policy.decide(observe(world, SETTINGS))
+
+
+def check(policy, case: Case) -> None:
+    outcome = decide(policy, case)
+    if case.expect is None:
+        assert outcome is None
+        return
+    assert outcome is not None
+    want = dict(case.expect)
+    if "phase" in want:
+        got = (outcome.phase.phase, outcome.phase.reason) if outcome.phase else None
+        assert got == want.pop("phase")
+    assert outcome.final == want.pop("final", True)
+    if "requeue" in want:
+        assert outcome.requeue_after == want.pop("requeue")
+    assert sorted(d.name for d in outcome.delete) == sorted(want.pop("delete", []))
+    made = sorted(o["metadata"]["name"] for o in outcome.create if o["kind"] == "Pod")
+    assert made == sorted(want.pop("create", []))
+    for key, value in want.pop("status", {}).items():
+        assert outcome.status[key] == value, key
+    if "delete_job" in want:
+        assert outcome.delete_job == want.pop("delete_job")
+    assert not want, f"unchecked expectations: {want}"
+
+
+def running_pods(n=2, gen=0):
+    return [make_pod("llm", r, gen).running().obj() for r in range(n)]
+
+
+def table(*rows: tuple[str, Case]):
+    return pytest.mark.parametrize("case", [c for _, c in rows], ids=[i for i, _ in rows])
+
+
+def done_job(phase="Succeeded", ttl=None, finished_at=0):
+    job = make_job().status(phase=phase, completionTime=stamp(finished_at))
+    return (job.run_policy(ttlSecondsAfterFinished=ttl) if ttl is not None else job).obj()
+
+
+@table(
+    ("running: not its business", Case(admitted_job(phase="Running"), expect=None)),
+    ("finished, no TTL: stays", Case(done_job(), expect={})),
+    ("TTL not reached: looks again then", Case(done_job(ttl=60), now=20, expect={"requeue": 40})),
+    ("TTL passed: deleted", Case(done_job(ttl=60), now=61, expect={"delete_job": True})),
+    (
+        "cleanPodPolicy Running: live pods go",
+        Case(done_job(phase="Failed"), pods=running_pods(1), expect={"delete": ["llm-worker-0-0"]}),
+    ),
+)
+def test_finished(case):
+    check(finished, case)
+
+
+def suspend(job):
+    job["spec"].setdefault("runPolicy", {})["suspend"] = True
+    return job
+
+
+@table(
+    ("not suspended", Case(admitted_job(phase="Running"), expect=None)),
+    (
+        "suspended while running: pods deleted",
+        Case(
+            suspend(admitted_job(phase="Running")),
+            pods=running_pods(),
+            expect={
+                "phase": ("Suspended", "Suspended"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "status": {"start_time": None},
+            },
+        ),
+    ),
+    (
+        "already suspended: no new phase",
+        Case(suspend(make_job().status(phase="Suspended").obj()), expect={}),
+    ),
+)
+def test_suspended(case):
+    check(suspended, case)
+
+
+@table(
+    ("not suspended before", Case(admitted_job(phase="Running"), expect=None)),
+    (
+        "resumed: a new generation, queued, and the next policies go on",
+        Case(
+            make_job().status(phase="Suspended", restartGeneration=2).obj(),
+            expect={
+                "phase": ("Queued", "Resumed"),
+                "final": False,
+                "status": {"restart_generation": 3, "start_time": None},
+            },
+        ),
+    ),
+)
+def test_resumed(case):
+    check(resumed, case)
+
+
+def deadline_job(limit):
+    job = admitted_job(phase="Running")
+    job["spec"].setdefault("runPolicy", {})["activeDeadlineSeconds"] = limit
+    return job
+
+
+@table(
+    ("no deadline", Case(admitted_job(phase="Running"), expect=None)),
+    (
+        "before it: look again then",
+        Case(deadline_job(30), now=10, expect={"requeue": 20, "final": False}),
+    ),
+    (
+        "past it: failed, live pods stopped",
+        Case(
+            deadline_job(30),
+            pods=running_pods(),
+            now=30,
+            expect={
+                "phase": ("Failed", "DeadlineExceeded"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "status": {"completion_time": stamp(30)},
+            },
+        ),
+    ),
+)
+def test_deadline(case):
+    check(deadline, case)
+
+
+@table(
+    ("only current pods", Case(admitted_job(gen=1), pods=running_pods(gen=1), expect=None)),
+    (
+        "an older generation's pod goes, the run goes on",
+        Case(
+            admitted_job(gen=1),
+            pods=[*running_pods(gen=1), make_pod("llm", 0, 0).running().obj()],
+            expect={"delete": ["llm-worker-0-0"], "final": False},
+        ),
+    ),
+    (
+        "already deleting on a healthy node: left to finish",
+        Case(admitted_job(gen=1), pods=[make_pod("llm", 0, 0).deleting().obj()], expect=None),
+    ),
+)
+def test_stale_pods(case):
+    check(stale_pods, case)
+
+
+@table(
+    ("has its record", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "admitted with no record, pods there: adopted",
+        Case(
+            make_job().replicas(2).status(phase="Running", admittedTime=stamp(0)).obj(),
+            pods=running_pods(),
+            expect={"final": False},
+        ),
+    ),
+    (
+        "admitted with no record and no pods: admitted anew later",
+        Case(make_job().status(phase="Running", admittedTime=stamp(0)).obj(), expect=None),
+    ),
+)
+def test_adopted(case):
+    check(adopted, case)
+    if case.expect is not None:
+        adm = decide(adopted, case).status["admission"]
+        assert (adm.replicas, adm.restart_generation, adm.time) == (2, 0, stamp(0))
+
+
+def ghost():
+    """A pod the operator made for an earlier job of the same name."""
+    pod = make_pod("llm", 0).owned_by("uid-0").running().obj()
+    pod["metadata"]["labels"][labels.MANAGED_BY] = labels.OPERATOR
+    return pod
+
+
+@table(
+    ("no earlier job's pods", Case(make_job().obj(), expect=None)),
+    (
+        "someone else's pod with the job's labels is no predecessor",
+        Case(make_job().obj(), pods=[make_pod("llm", 0).owned_by("uid-0").obj()], expect=None),
+    ),
+    (
+        "an earlier job's pod holds the name",
+        Case(
+            make_job().obj(),
+            pods=[ghost()],
+            expect={"phase": ("Queued", "WaitingForPredecessor"), "requeue": 1.0},
+        ),
+    ),
+    (
+        "admitted already: not its business",
+        Case(
+            admitted_job(),
+            pods=[ghost()],
+            expect=None,
+        ),
+    ),
+)
+def test_predecessor(case):
+    check(predecessor, case)
+
+
+@table(
+    ("no older pods", Case(make_job().status(restartGeneration=1).obj(), expect=None)),
+    (
+        "an older pod still runs",
+        Case(
+            make_job().status(phase="Running", restartGeneration=1).obj(),
+            pods=[make_pod("llm", 0, 0).running().obj()],
+            expect={"phase": ("Queued", "WaitingForPods"), "requeue": 1.0},
+        ),
+    ),
+    (
+        "restarting says so already: no new phase",
+        Case(
+            make_job().status(phase="Restarting", restartGeneration=1).obj(),
+            pods=[make_pod("llm", 0, 0).running().obj()],
+            expect={"requeue": 1.0},
+        ),
+    ),
+    (
+        "older pods all ended",
+        Case(
+            make_job().status(restartGeneration=1).obj(),
+            pods=[make_pod("llm", 0, 0).exited(1).obj()],
+            expect=None,
+        ),
+    ),
+)
+def test_previous_generation(case):
+    check(previous_generation, case)
+
+
+@table(
+    ("no backoff", Case(make_job().obj(), expect=None)),
+    (
+        "backing off: look again when it ends",
+        Case(
+            make_job().status(phase="Restarting", nextAttemptTime=stamp(30)).obj(),
+            now=10,
+            expect={"requeue": 20},
+        ),
+    ),
+    (
+        "a new job told to wait says why",
+        Case(
+            make_job().status(nextAttemptTime=stamp(30)).obj(),
+            expect={"phase": ("Queued", "BackingOff"), "requeue": 30},
+        ),
+    ),
+    ("backoff over", Case(make_job().status(nextAttemptTime=stamp(30)).obj(), now=30, expect=None)),
+)
+def test_backing_off(case):
+    check(backing_off, case)
+
+
+def privileged():
+    job = make_job().obj()
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    return job
+
+
+@table(
+    ("a plain template", Case(make_job().obj(), expect=None)),
+    (
+        "privileged under baseline: no pod, a warning",
+        Case(
+            privileged(),
+            expect={
+                "phase": ("Queued", "PodPolicyViolation"),
+                "requeue": SETTINGS.queued_recheck_seconds * 4,
+                "status": {"queued_time": stamp(0)},
+            },
+        ),
+    ),
+)
+def test_pod_policy(case):
+    check(pod_policy, case)
+
+
+@table(
+    (
+        "room: admitted, the whole gang created",
+        Case(
+            make_job().replicas(2).status(queuedTime=stamp(-5)).obj(),
+            expect={
+                "phase": ("Creating", "Admitted"),
+                "create": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 300,
+                "status": {"gang_attempts": 1, "queued_time": None, "admitted_time": stamp(0)},
+            },
+        ),
+    ),
+    (
+        "no room: queued with its position",
+        Case(
+            make_job().replicas(5).obj(),
+            expect={
+                "phase": ("Queued", "InsufficientGPUs"),
+                "requeue": SETTINGS.queued_recheck_seconds,
+                "status": {"queue_position": 1, "queued_time": stamp(0)},
+            },
+        ),
+    ),
+    ("admitted already", Case(admitted_job(), expect=None)),
+)
+def test_admit(case):
+    check(admit, case)
+    if case.expect and case.expect["phase"][1] == "Admitted":
+        assert decide(admit, case).signals.queue_wait_seconds == 5
+
+
+@table(
+    ("nothing refused", Case(admitted_job(), pods=running_pods(1), expect=None)),
+    (
+        "a refused pod releases the half gang",
+        Case(
+            admitted_job(gangAttempts=1),
+            pods=running_pods(1),
+            refused=["exceeded quota"],
+            now=5,
+            expect={
+                "phase": ("Queued", "CreateRefused"),
+                "delete": ["llm-worker-0-0"],
+                "requeue": 10,
+                "status": {"restart_generation": 1, "next_attempt_time": stamp(15)},
+            },
+        ),
+    ),
+)
+def test_refused(case):
+    check(refused, case)
+
+
+def scaled(job, n):
+    job["spec"]["replicas"] = n
+    return job
+
+
+@table(
+    ("same size", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "scaled from 2 to 3: a new generation, not a restart",
+        Case(
+            scaled(admitted_job(phase="Running"), 3),
+            pods=running_pods(),
+            expect={
+                "phase": ("Restarting", "Resized"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 1.0,
+                "status": {"resizes": 1, "restart_generation": 1},
+            },
+        ),
+    ),
+)
+def test_resized(case):
+    check(resized, case)
+    if case.expect:
+        assert "restarts" not in decide(resized, case).status
+
+
+def verdict(passed: bool) -> str:
+    return json.dumps({"passed": passed, "busBwGbps": 0.5, "message": "busbw 0.5 Gbps"})
+
+
+def preflighted(job):
+    job["spec"]["preflight"] = {"minBusBwGbps": 10}
+    return job
+
+
+@table(
+    ("no preflight asked", Case(admitted_job(), pods=running_pods(), expect=None)),
+    ("no verdict yet", Case(preflighted(admitted_job()), pods=running_pods(), expect=None)),
+    (
+        "passed: recorded, and the next policies go on",
+        Case(
+            preflighted(admitted_job()),
+            pods=[make_pod("llm", r).preflight(0, verdict(True)).obj() for r in range(2)],
+            expect={"final": False},
+        ),
+    ),
+    (
+        "too slow: the job fails",
+        Case(
+            preflighted(admitted_job()),
+            pods=[make_pod("llm", r).preflight(3, verdict(False)).obj() for r in range(2)],
+            expect={"phase": ("Failed", "PreflightFailed")},
+        ),
+    ),
+)
+def test_preflight(case):
+    check(preflight, case)
+    if case.expect is not None:
+        assert decide(preflight, case).status["preflight"].bus_bw_gbps == 0.5
+
+
+@table(
+    ("all well", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "a worker exited 137: the group restarts",
+        Case(
+            admitted_job(phase="Running"),
+            pods=[make_pod("llm", 0).exited(137).obj(), *running_pods()[1:]],
+            expect={
+                "phase": ("Restarting", "WorkerFailed"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 10,
+                "status": {"restarts": 1, "restart_generation": 1},
+            },
+        ),
+    ),
+    (
+        "a worker's node is gone: lost, force-deleted",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node("n0")],
+            expect={
+                "phase": ("Restarting", "PodLost"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 10,
+                "status": {"restarts": 1},
+            },
+        ),
+    ),
+    (
+        "a node NotReady a moment ago: not lost yet",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node("n0"), make_node("n1", ready=False, since=-3)],
+            expect=None,
+        ),
+    ),
+)
+def test_failed(case):
+    check(failed, case)
+
+
+@table(
+    ("nodes Ready", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "every node NotReady: held",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node(f"n{i}", ready=False) for i in range(4)],
+            expect={"phase": ("Running", "NodesDisrupted"), "requeue": 5},
+        ),
+    ),
+    (
+        "one node NotReady: not a disruption",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node(f"n{i}", ready=i != 1) for i in range(4)],
+            expect=None,
+        ),
+    ),
+)
+def test_disrupted(case):
+    check(disrupted, case)
+
+
+@table(
+    ("nodes Ready", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "NotReady for 5s: wait the other 10",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node("n0"), make_node("n1", ready=False, since=-5)],
+            expect={"phase": ("Running", "NodeNotReady"), "requeue": 10},
+        ),
+    ),
+    (
+        "NotReady for longer: for the failed policy",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(),
+            cluster=[make_node("n0"), make_node("n1", ready=False, since=-15)],
+            expect=None,
+        ),
+    ),
+)
+def test_node_loss(case):
+    check(node_loss, case)
+
+
+@table(
+    ("every pod there", Case(admitted_job(), pods=running_pods(), expect=None)),
+    (
+        "creating: the missing pod is created and the gang judged next",
+        Case(
+            admitted_job(),
+            pods=running_pods(1),
+            expect={"create": ["llm-worker-1-0"], "final": False},
+        ),
+    ),
+    (
+        "running: a deleted pod is a lost rank",
+        Case(
+            admitted_job(phase="Running"),
+            pods=running_pods(1),
+            expect={
+                "phase": ("Restarting", "PodLost"),
+                "delete": ["llm-worker-0-0"],
+                "requeue": 10,
+                "status": {"restarts": 1},
+            },
+        ),
+    ),
+)
+def test_missing(case):
+    check(missing, case)
+
+
+@table(
+    ("still running", Case(admitted_job(phase="Running"), pods=running_pods(), expect=None)),
+    (
+        "every worker exited 0",
+        Case(
+            admitted_job(phase="Running"),
+            pods=[make_pod("llm", r).exited(0).obj() for r in range(2)],
+            expect={"phase": ("Succeeded", "Succeeded"), "status": {"completion_time": stamp(0)}},
+        ),
+    ),
+)
+def test_succeeded(case):
+    check(succeeded, case)
+
+
+@table(
+    ("one still pending", Case(admitted_job(), pods=[*running_pods(1), make_pod("llm", 1).obj()])),
+    (
+        "all running: Running, and the start measured",
+        Case(admitted_job(), pods=running_pods(), now=7, expect={"phase": ("Running", "Running")}),
+    ),
+)
+def test_running(case):
+    check(running, case)
+    if case.expect:
+        assert decide(running, case).signals.started_seconds == 7
+
+
+@table(
+    (
+        "within the gang timeout: Creating, look again at the timeout",
+        Case(
+            admitted_job(phase="Queued"),
+            pods=[make_pod("llm", 0).obj()],
+            now=100,
+            expect={"phase": ("Creating", "Creating"), "requeue": 200},
+        ),
+    ),
+    (
+        "past it: every pod released, queued again",
+        Case(
+            admitted_job(gangAttempts=1),
+            pods=[make_pod("llm", 0).running().obj(), make_pod("llm", 1).obj()],
+            now=300,
+            expect={
+                "phase": ("Queued", "GangTimeout"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 10,
+                "status": {"restart_generation": 1, "queued_time": stamp(300)},
+            },
+        ),
+    ),
+)
+def test_gang_wait(case):
+    check(gang_wait, case)
