@@ -78,7 +78,7 @@ k8s-schema: cluster ## refresh the pod template schema snapshot from the local c
 crds: venv ## regenerate crds/ and the chart's crds/ from the pydantic models
 	@$(PY) -m distml.api.crd crds charts/distml/crds
 
-dashboards: venv ## regenerate the chart's Grafana dashboards from operator/distml/dashboards.py
+dashboards: venv ## regenerate the chart's Grafana dashboards from operator/distml/dashboards/
 	@$(PY) -m distml.dashboards charts/distml/dashboards
 
 bench-pipeline: venv ## GPipe bubble vs theory (p=2,4; m=1..16), planned vs even split, freezing (+ plot)

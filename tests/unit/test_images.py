@@ -49,3 +49,12 @@ def test_image_requirements_match_the_lock(image):
     wanted = _pins(REPO / "images" / image / "requirements.txt")
     assert wanted
     assert {k: lock.get(k) for k in wanted} == wanted
+
+
+def test_the_operator_package_declares_exactly_what_its_image_installs():
+    import tomllib
+
+    project = tomllib.loads((REPO / "operator" / "pyproject.toml").read_text())["project"]
+    declared = {k.lower(): v for k, _, v in (d.partition("==") for d in project["dependencies"])}
+    assert declared == _pins(REPO / "images" / "operator" / "requirements.txt")
+    assert not {"torch", "numpy", "matplotlib", "scikit-learn"} & declared.keys()

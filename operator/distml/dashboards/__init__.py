@@ -246,7 +246,3 @@ def main(argv: list[str]) -> int:
         (out / f"{uid}.json").write_text(render(uid))
         print(f"wrote {out / uid}.json", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
