@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
 from collections.abc import Callable
 from typing import Any, cast
@@ -15,9 +16,17 @@ import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from distml import metrics
 from distml.api.models import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
+# A request the API server throttles (429) is sent again after its Retry-After, this many times
+# at most; then the caller sees the 429 (a reconcile is retried as a whole).
+THROTTLE_ATTEMPTS = 8
+RETRY_AFTER_CAP_SECONDS = 10.0
+# Objects per LIST page: a LIST of every pod of a large cluster comes in pieces the API server
+# can serve without building one huge answer (and without its 410 for a too-large snapshot).
+LIST_PAGE = 500
 
 
 def _json(resp: Any) -> Any:
@@ -69,6 +78,17 @@ class WatchExpired(Exception):
     """The server no longer holds the history a watch asked for: LIST again."""
 
 
+def retry_after(header: str | None) -> float:
+    """Seconds to wait before sending a throttled request again: the server's Retry-After
+    (seconds; the API server says 1), capped, with jitter so that a gang's throttled creates do
+    not all come back in the same instant."""
+    try:
+        wait = float(header) if header else 1.0
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), RETRY_AFTER_CAP_SECONDS) + random.uniform(0, 0.5)
+
+
 class AsyncWriter:
     """Creates and deletes pods, and follows pods and nodes, on the event loop with aiohttp
     (kopf's own HTTP client): a gang of 64 pods goes out as 64 concurrent requests without 64
@@ -112,15 +132,11 @@ class AsyncWriter:
         Throttling and server errors raise: the reconcile is retried."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         plural = {"Pod": "pods", "Service": "services"}[obj["kind"]]
-        url = f"{self.host}/api/v1/namespaces/{ns}/{plural}"
-        async with (
-            self._limit,
-            self._session_().post(url, data=json.dumps(obj), headers=self._headers()) as resp,
-        ):
-            if resp.status < 300:
-                return True
-            text = await resp.text()
-        if resp.status == 409:
+        status, body = await self._send("POST", f"/api/v1/namespaces/{ns}/{plural}", obj)
+        if status < 300:
+            return True
+        text = body.decode(errors="replace")
+        if status == 409:
             owner = {r["uid"] for r in obj["metadata"].get("ownerReferences") or []}
             code, existing = await self.request("GET", f"/api/v1/namespaces/{ns}/{plural}/{name}")
             if code == 404:  # gone again in between: the next reconcile creates it
@@ -129,52 +145,84 @@ class AsyncWriter:
             if code < 300 and owner & theirs:
                 return False
             return f"{obj['kind']} {name} already exists and is not owned by this job"
-        if resp.status in (408, 429) or resp.status >= 500 or _passing_denial(resp.status, text):
+        if status in (408, 429) or status >= 500 or _passing_denial(status, text):
             # Retried as they are: throttling, a server error, RBAC that does not let the
             # operator create this (a starting API server's authorizer, or a broken install), a
             # namespace too new for its ServiceAccount: no reason to give up the admission.
-            raise RuntimeError(f"creating {obj['kind']} {name}: {resp.status} {text}")
+            raise RuntimeError(f"creating {obj['kind']} {name}: {status} {text}")
         return f"{obj['kind']} {name}: {api_message(text)}"
 
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """One request: (HTTP status, body). Throttled (429), it is sent again after the
+        server's Retry-After, up to THROTTLE_ATTEMPTS times, holding no connection slot while
+        it waits."""
+        headers = self._headers()
+        headers["Content-Type"] = content_type
+        data = None if body is None else json.dumps(body)
+        for attempt in range(THROTTLE_ATTEMPTS):
+            async with (
+                self._limit,
+                self._session_().request(
+                    method, f"{self.host}{path}", data=data, headers=headers, params=params
+                ) as resp,
+            ):
+                answer = await resp.read()
+                if resp.status != 429 or attempt == THROTTLE_ATTEMPTS - 1:
+                    return resp.status, answer
+                wait = retry_after(resp.headers.get("Retry-After"))
+            metrics.API_THROTTLED.inc()
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
     async def delete_pod(self, namespace: str, name: str, force: bool) -> None:
-        url = f"{self.host}/api/v1/namespaces/{namespace}/pods/{name}"
-        body = json.dumps({"gracePeriodSeconds": 0} if force else {})
-        async with (
-            self._limit,
-            self._session_().delete(url, data=body, headers=self._headers()) as resp,
-        ):
-            if resp.status >= 300 and resp.status != 404:
-                raise RuntimeError(f"deleting pod {name}: {resp.status} {await resp.text()}")
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        status, answer = await self._send(
+            "DELETE", path, {"gracePeriodSeconds": 0} if force else {}
+        )
+        if status >= 300 and status != 404:
+            raise RuntimeError(f"deleting pod {name}: {status} {answer.decode(errors='replace')}")
 
     async def request(
         self, method: str, path: str, body: Obj | None = None, patch: str = "merge"
     ) -> tuple[int, Obj]:
         """Any other call, e.g. a merge PATCH of a status: (HTTP status, JSON answer)."""
-        headers = self._headers()
-        if method == "PATCH":
-            headers["Content-Type"] = f"application/{patch}-patch+json"
-        data = None if body is None else json.dumps(body)
-        async with (
-            self._limit,
-            self._session_().request(
-                method, f"{self.host}{path}", data=data, headers=headers
-            ) as resp,
-        ):
-            text = await resp.text()
+        kind = f"application/{patch}-patch+json" if method == "PATCH" else "application/json"
+        status, answer = await self._send(method, path, body, content_type=kind)
         try:
-            return resp.status, dict(orjson.loads(text)) if text else {}
+            return status, dict(orjson.loads(answer)) if answer else {}
         except ValueError:
-            return resp.status, {"message": text}
+            return status, {"message": answer.decode(errors="replace")}
 
-    async def list_objects(self, path: str, **params: str) -> tuple[list[Obj], str]:
-        """A LIST of `path` (e.g. /api/v1/pods): its items and the resourceVersion to watch from."""
-        async with self._session_().get(
-            f"{self.host}{path}", params=params, headers=self._headers()
-        ) as resp:
-            if resp.status >= 300:
-                raise RuntimeError(f"listing {path}: {resp.status} {await resp.text()}")
-            doc = orjson.loads(await resp.read())
-        return list(doc["items"]), str(doc["metadata"]["resourceVersion"])
+    async def list_objects(
+        self, path: str, params: dict[str, str] | None = None, page: int = LIST_PAGE
+    ) -> tuple[list[Obj], str]:
+        """A LIST of `path` (e.g. /api/v1/pods), page by page: its items and the resourceVersion
+        to watch from. Every page comes from the snapshot of the first; should the server lose
+        that snapshot before the last page (410), the LIST starts over."""
+        params = params or {}
+        while True:
+            items: list[Obj] = []
+            query = {**params, "limit": str(page)}
+            while True:
+                status, answer = await self._send("GET", path, params=query)
+                if status == 410 and "continue" in query:
+                    break  # the snapshot expired between two pages: from the start
+                if status >= 300:
+                    text = answer.decode(errors="replace")
+                    raise RuntimeError(f"listing {path}: {status} {text}")
+                doc = orjson.loads(answer)
+                items.extend(doc["items"])
+                more = doc["metadata"].get("continue")
+                if not more:
+                    return items, str(doc["metadata"]["resourceVersion"])
+                query = {**params, "limit": str(page), "continue": more}
 
     async def watch_objects(
         self, path: str, resource_version: str, on_event: Callable[[str, Obj], None]

@@ -58,3 +58,12 @@ ORPHANS_DELETED = Counter(
     "Pods and Services of a TrainingJob that no longer exists, deleted by the operator",
     ["kind"],
 )
+API_THROTTLED = Counter(
+    "distml_api_throttled",
+    "Requests the API server throttled (429 Too Many Requests), sent again after its Retry-After",
+)
+WATCH_RELISTS = Counter(
+    "distml_watch_relists",
+    "LISTs after a watch ended: its history expired (410 Gone) or it broke",
+    ["resource", "reason"],
+)

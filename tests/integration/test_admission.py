@@ -168,6 +168,26 @@ def test_a_pod_name_taken_by_someone_else_is_reported_not_adopted(
     assert core.read_namespaced_pod("llm-worker-1-0", namespace).metadata.owner_references is None
 
 
+def test_a_service_named_like_the_job_but_not_its_own_is_reported_not_adopted(
+    core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(1)
+    theirs = {
+        "metadata": {"name": "llm"},
+        "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}},
+    }
+    core.create_namespaced_service(namespace, theirs)
+    jobs.create(custom, namespace, jobs.training_job("llm", 1, 8, sel))
+    st = wait_for(
+        "CreateRefused",
+        lambda: (s := jobs.status(custom, namespace, "llm")).get("reason") == "CreateRefused" and s,
+    )
+    assert "Service llm already exists and is not owned by this job" in st["message"]
+    svc = core.read_namespaced_service("llm", namespace)
+    assert svc.metadata.owner_references is None and svc.spec.selector == {"a": "b"}
+    assert "CreateRefused" in jobs.event_reasons(core, namespace, "llm")
+
+
 def test_restricted_namespace_gets_no_pod_from_a_template_that_breaks_it(
     core, custom, namespace, node_pool
 ):

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("distml.registry")
-Key = tuple[str, str]  # (namespace, name)
+Key = tuple[str, str, str]  # (kind, namespace, name): kinds share names, never workers
 # After a reconcile, events that arrive within a short window are answered together: a gang's
 # pods change state in bursts, and one reconcile per burst leaves the CPU to the API server and
 # the scheduler. The window is fixed: one that grew with the reconcile's wall time (to bound a
@@ -28,7 +28,9 @@ class JobWorkers:
     def ensure(self, key: Key) -> None:
         if key not in self._tasks or self._tasks[key].done():
             self._wake[key] = asyncio.Event()
-            self._tasks[key] = asyncio.create_task(self._run(key), name=f"job {key[0]}/{key[1]}")
+            self._tasks[key] = asyncio.create_task(
+                self._run(key), name=f"{key[0]} {key[1]}/{key[2]}"
+            )
         self.wake(key)
 
     def has(self, key: Key) -> bool:

@@ -21,7 +21,8 @@ import kopf
 from distml import admission, failpoints, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
-from distml.kube import AsyncWriter, Kube, WatchExpired, api_message
+from distml.informer import Informer
+from distml.kube import AsyncWriter, Kube, api_message
 from distml.policies import disruption, orphans
 from distml.trainingjob import (
     Plan,
@@ -123,6 +124,7 @@ class Operator:
         self.synced: set[str] = set()  # caches whose LIST or WATCH is current
         self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
         self._resync: asyncio.Task[None] | None = None
+        self._informers: dict[str, Informer] = {}
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -182,7 +184,7 @@ class Operator:
         pod_labels = meta.get("labels") or {}
         job = pod_labels.get(labels.JOB_NAME)
         if job:
-            job_key = (meta["namespace"], job)
+            job_key = (pod_labels.get(labels.OWNER_KIND, KIND), meta["namespace"], job)
             if pod_labels.get(labels.MANAGED_BY) == labels.OPERATOR:
                 ours = self.job_pods.setdefault(job_key, {})
                 if event_type == "DELETED":
@@ -196,7 +198,7 @@ class Operator:
         (watch events lag) is not allowed to take back a decision it made since."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
-        key = (meta.get("namespace", ""), meta["name"])
+        key = (KIND, meta.get("namespace", ""), meta["name"])
         if deleted:
             self._drop_gang(uid)
             self._uids.pop(key, None)
@@ -252,13 +254,32 @@ class Operator:
                 self.on_pod("ADDED", pod)
         self.workers.wake_all()
 
-    async def relist(self, path: str) -> str:
-        """LISTs nodes, namespaces or pods (every phase: the operator's own finished pods are
-        evidence) into their cache; returns where the watch goes on from."""
-        items, version = await self.writer.list_objects(path)
-        self.replace(path, items)
-        self.synced.add(path)
-        return version
+    def informer(self, path: str) -> Informer:
+        """The watch that keeps one cache current: nodes, namespaces or pods (every phase: the
+        operator's own finished pods are evidence). A LIST replaces the cache; after a broken
+        watch the cache reads as not synced (readiness) until the LIST that follows, and once
+        the nodes are listed again after an outage the jobs are too, at once, rather than when
+        kopf's own watch is through its backoff (seconds later, after a long outage)."""
+        if path not in self._informers:
+            on_event = {NODES: self.on_node, NAMESPACES: self.on_namespace}.get(path, self.on_pod)
+
+            def listed(items: list[dict[str, Any]]) -> None:
+                self.replace(path, items)
+                self.synced.add(path)
+
+            self._informers[path] = Informer(
+                self.writer,
+                path,
+                on_list=listed,
+                on_event=on_event,
+                on_broken=lambda _err: self.synced.discard(path),
+                on_recovered=self._resync_after_outage if path == NODES else None,
+            )
+        return self._informers[path]
+
+    def _resync_after_outage(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.create_task(self.resync_jobs())
 
     async def prime(self) -> dict[str, str]:
         """Fills every cache (jobs too, so no job is admitted before another's admission is
@@ -266,7 +287,7 @@ class Operator:
         is asked again within a second or two, for as long as it takes."""
         versions = {}
         for path in CACHES:
-            versions[path] = await _retrying(self.relist, path)
+            versions[path] = await _retrying(self.informer(path).list)
         for path in self._scopes(JOBS_PATH, PLURAL):
             items, _ = await _retrying(self.writer.list_objects, path)
             for job in items:
@@ -284,32 +305,8 @@ class Operator:
         return True, "caches synced"
 
     async def follow(self, path: str, resource_version: str) -> None:
-        """Keeps a cache current for as long as the operator runs: watch, and LIST again when
-        the watch's history has expired or the connection broke."""
-        on_event = {NODES: self.on_node, NAMESPACES: self.on_namespace}.get(path, self.on_pod)
-        while True:
-            try:
-                resource_version = await self.writer.watch_objects(path, resource_version, on_event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if not isinstance(err, WatchExpired):
-                    log.warning("watch of %s broke (%s); listing again", path, err)
-                    self.synced.discard(path)
-                    await asyncio.sleep(1.0)
-                try:
-                    resource_version = await self.relist(path)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err2:
-                    log.warning("listing %s failed (%s); retrying", path, err2)
-                    await asyncio.sleep(1.0)
-                    continue
-                idle = self._resync is None or self._resync.done()
-                if path == NODES and not isinstance(err, WatchExpired) and idle:
-                    # Back from an outage: the jobs too, at once, rather than when kopf's own
-                    # watch is through its backoff (seconds later, after a long outage).
-                    self._resync = asyncio.create_task(self.resync_jobs())
+        """Keeps a cache current for as long as the operator runs."""
+        await self.informer(path).run(resource_version)
 
     async def resync_jobs(self, attempts: int = 30) -> None:
         """LISTs the jobs into the cache and reconciles every one (what kopf's watch would
@@ -332,7 +329,7 @@ class Operator:
             items, listed = await self.writer.list_objects(path)
             for job in items:
                 meta = job["metadata"]
-                key = (meta["namespace"], meta["name"])
+                key = (KIND, meta["namespace"], meta["name"])
                 self.on_job(job)
                 if wake_all or not self.workers.has(key):
                     self.workers.ensure(key)
@@ -352,12 +349,12 @@ class Operator:
         # Only in the namespaces this operator owns: another operator's jobs are not in its LIST.
         objects = [
             ("Pod", p)
-            for (ns, _), pods in self.job_pods.items()
+            for (_, ns, _), pods in self.job_pods.items()
             if not self.watched or ns in self.watched
             for p in pods.values()
         ]
         for path in self._scopes("/api/v1", "services"):
-            items, _ = await self.writer.list_objects(path, **managed)
+            items, _ = await self.writer.list_objects(path, managed)
             objects += [("Service", o) for o in items]
         # After the objects (see orphans.find). The LIST doubles as a resync: a job whose
         # event a broken watch lost is reconciled within one period.
@@ -394,7 +391,7 @@ class Operator:
             if uid not in listed and self._gang_versions.get(uid, 0) <= version:
                 log.warning("forgetting %s: its TrainingJob is gone", gang.title)
                 self._drop_gang(uid)
-                key = (gang.namespace, gang.name)
+                key = (KIND, gang.namespace, gang.name)
                 if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
                     self.jobs.pop(key, None)  # its worker asks the API next, and stops
                     self.workers.wake(key)
@@ -446,7 +443,7 @@ class Operator:
 
     async def _reconcile(self, key: Key) -> float | None:
         t0 = time.perf_counter()
-        ns, name = key
+        _kind, ns, name = key
         if self.terminating(ns):
             # Its pods vanish with it: no restarts, no creates, nothing to retry.
             return None
@@ -539,7 +536,7 @@ class Operator:
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         code, answer = await self.writer.request("PATCH", path, body)
         if code == 404:  # deleted under the cached copy: the next reconcile finds it gone
-            self.jobs.pop((meta["namespace"], meta["name"]), None)
+            self.jobs.pop((KIND, meta["namespace"], meta["name"]), None)
             raise StatusConflict(meta["name"])
         if code == 409:
             fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"])
@@ -550,8 +547,8 @@ class Operator:
         if code >= 300:
             raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
         self._gang_versions[meta["uid"]] = _version(answer)
-        self.jobs[(meta["namespace"], meta["name"])] = answer
-        self._written_at[(meta["namespace"], meta["name"])] = time.monotonic()
+        self.jobs[(KIND, meta["namespace"], meta["name"])] = answer
+        self._written_at[(KIND, meta["namespace"], meta["name"])] = time.monotonic()
 
     async def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Best effort: an Event the API refuses is logged and counted, and never stops the
@@ -592,10 +589,10 @@ class Operator:
         """Record, then act: the new status first, then the creates and deletes it decided, and
         its Events. Returns what the API refused to create."""
         meta = job["metadata"]
-        key = (meta["namespace"], meta["name"])
+        key = (KIND, meta["namespace"], meta["name"])
         if plan.delete_job:
-            log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key)
-            await self.io(self.kube.delete_job, *key)
+            log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key[1:])
+            await self.io(self.kube.delete_job, *key[1:])
             return []
         if plan.signals.restarted and await self._namespace_going(meta["namespace"]):
             return []  # its pods vanish with the namespace: that is no failure to restart for
@@ -721,7 +718,7 @@ def register(op: Operator) -> None:
 
     @kopf.on.event(GROUP, VERSION, PLURAL)
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-        key = (namespace or "", name)
+        key = (KIND, namespace or "", name)
         body = dict(event["object"])
         if event["type"] == "DELETED":
             op.on_job(body, deleted=True)

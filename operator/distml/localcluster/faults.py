@@ -79,3 +79,24 @@ def link_rate(c: LocalCluster, node: str, rate: str | None) -> None:
     if rate is not None:
         network.rate_bits(rate)
     network.shape(c.node_network().node(process_node_index(node)), rate)
+
+
+def compact_history(c: LocalCluster) -> int:
+    """Compacts etcd at its current revision (what the API server does every few minutes, here
+    at once): no watch can be served from before it. Returns the revision."""
+    import base64
+    import json
+    import urllib.request
+
+    base = f"http://127.0.0.1:{c.state()['etcd_port']}/v3/kv"
+
+    def post(call: str, body: dict[str, object]) -> dict[str, object]:
+        req = urllib.request.Request(f"{base}/{call}", data=json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+
+    key = base64.b64encode(b"/registry").decode()
+    head = post("range", {"key": key, "limit": 1, "keys_only": True})["header"]
+    revision = int(head["revision"])  # type: ignore[index]
+    post("compaction", {"revision": str(revision), "physical": True})
+    return revision

@@ -31,7 +31,8 @@ from typing import Any
 from aiohttp import web
 
 from distml import labels, podstate
-from distml.kube import AsyncWriter, Obj, WatchExpired
+from distml.informer import Informer
+from distml.kube import AsyncWriter, Obj
 from distml.localcluster import nodes
 from distml.localnode import network, pods
 from distml.localnode.pods import ContainerState
@@ -445,8 +446,12 @@ class NodeAgent:
 
     async def follow(self, path: str, store: dict[str, Obj]) -> None:
         """Keeps `store` (uid -> object) a copy of every object at `path`, waking the sync on
-        each change: LIST, then WATCH on from there; LIST again when the watch expires or fails
-        and when the link comes back."""
+        each change; LISTs again when the link comes back (distml.informer does the rest)."""
+
+        def listed(items: list[Obj]) -> None:
+            store.clear()
+            store.update((o["metadata"]["uid"], o) for o in items)
+            self._wake.set()
 
         def on_event(kind: str, obj: Obj) -> None:
             uid = obj["metadata"]["uid"]
@@ -456,34 +461,16 @@ class NodeAgent:
                 store[uid] = obj
             self._wake.set()
 
-        while True:
-            try:
-                items, version = await self.kube.list_objects(path)
-                store.clear()
-                store.update((o["metadata"]["uid"], o) for o in items)
-                self._wake.set()
-                while not self.cut:
-                    watch = asyncio.create_task(self.kube.watch_objects(path, version, on_event))
-                    resync = asyncio.create_task(self._wait_resync())
-                    done, _ = await asyncio.wait(
-                        {watch, resync}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if resync in done:  # the link came back: list again
-                        watch.cancel()
-                        break
-                    resync.cancel()
-                    version = watch.result()
-            except WatchExpired:
-                continue
-            except Exception as err:
-                _log(f"watch of {path}: {type(err).__name__}: {err}; listing again")
-                await asyncio.sleep(1.0)
-            while self.cut:
-                await asyncio.sleep(0.5)
+        informer = Informer(self.kube, path, on_list=listed, on_event=on_event)
+        await informer.run(relist_when=self._link_changed, before_list=self._link_up)
 
-    async def _wait_resync(self) -> None:
+    async def _link_changed(self) -> None:
         was = self.cut
         while self.cut == was:
+            await asyncio.sleep(0.5)
+
+    async def _link_up(self) -> None:
+        while self.cut:
             await asyncio.sleep(0.5)
 
     async def reconcile_loop(self) -> None:
