@@ -12,29 +12,7 @@ import pytest
 from distml import labels
 from distml.trainingjob import Settings, World
 from distml.trainingjob.observe import observe
-from distml.trainingjob.policies import (
-    admit,
-    adopted,
-    backing_off,
-    deadline,
-    disrupted,
-    failed,
-    finished,
-    gang_wait,
-    missing,
-    node_loss,
-    pod_policy,
-    predecessor,
-    preflight,
-    previous_generation,
-    refused,
-    resized,
-    resumed,
-    running,
-    stale_pods,
-    succeeded,
-    suspended,
-)
+from distml.trainingjob.planner import POLICIES
 
 from .builders import admitted_job, at, make_job, make_node, make_pod, nodes, stamp
 
@@ -55,7 +33,7 @@ class Case:
     expect: dict[str, Any] | None = None
 
 
-def decide(policy, case: Case):
+def decide(policy: str, case: Case):
     world = World(
         job=case.job,
         pods=case.pods,
@@ -64,10 +42,10 @@ def decide(policy, case: Case):
         now=at(case.now),
         refused=case.refused,
     )
-    return policy.decide(observe(world, SETTINGS))
+    return dict(POLICIES)[policy](observe(world, SETTINGS))
 
 
-def check(policy, case: Case) -> None:
+def check(policy: str, case: Case) -> None:
     outcome = decide(policy, case)
     if case.expect is None:
         assert outcome is None
@@ -114,7 +92,7 @@ def done_job(phase="Succeeded", ttl=None, finished_at=0):
     ),
 )
 def test_finished(case):
-    check(finished, case)
+    check("finished", case)
 
 
 def suspend(job):
@@ -142,7 +120,7 @@ def suspend(job):
     ),
 )
 def test_suspended(case):
-    check(suspended, case)
+    check("suspended", case)
 
 
 @table(
@@ -160,7 +138,7 @@ def test_suspended(case):
     ),
 )
 def test_resumed(case):
-    check(resumed, case)
+    check("resumed", case)
 
 
 def deadline_job(limit):
@@ -190,7 +168,7 @@ def deadline_job(limit):
     ),
 )
 def test_deadline(case):
-    check(deadline, case)
+    check("deadline", case)
 
 
 @table(
@@ -209,7 +187,7 @@ def test_deadline(case):
     ),
 )
 def test_stale_pods(case):
-    check(stale_pods, case)
+    check("stale pods", case)
 
 
 @table(
@@ -228,9 +206,9 @@ def test_stale_pods(case):
     ),
 )
 def test_adopted(case):
-    check(adopted, case)
+    check("adopted", case)
     if case.expect is not None:
-        adm = decide(adopted, case).status["admission"]
+        adm = decide("adopted", case).status["admission"]
         assert (adm.replicas, adm.restart_generation, adm.time) == (2, 0, stamp(0))
 
 
@@ -265,7 +243,7 @@ def ghost():
     ),
 )
 def test_predecessor(case):
-    check(predecessor, case)
+    check("predecessor", case)
 
 
 @table(
@@ -296,7 +274,7 @@ def test_predecessor(case):
     ),
 )
 def test_previous_generation(case):
-    check(previous_generation, case)
+    check("previous generation", case)
 
 
 @table(
@@ -319,7 +297,7 @@ def test_previous_generation(case):
     ("backoff over", Case(make_job().status(nextAttemptTime=stamp(30)).obj(), now=30, expect=None)),
 )
 def test_backing_off(case):
-    check(backing_off, case)
+    check("backing off", case)
 
 
 def privileged():
@@ -343,7 +321,7 @@ def privileged():
     ),
 )
 def test_pod_policy(case):
-    check(pod_policy, case)
+    check("pod policy", case)
 
 
 @table(
@@ -373,9 +351,9 @@ def test_pod_policy(case):
     ("admitted already", Case(admitted_job(), expect=None)),
 )
 def test_admit(case):
-    check(admit, case)
+    check("admit", case)
     if case.expect and case.expect["phase"][1] == "Admitted":
-        assert decide(admit, case).signals.queue_wait_seconds == 5
+        assert decide("admit", case).signals.queue_wait_seconds == 5
 
 
 @table(
@@ -397,7 +375,7 @@ def test_admit(case):
     ),
 )
 def test_refused(case):
-    check(refused, case)
+    check("refused", case)
 
 
 def scaled(job, n):
@@ -422,9 +400,9 @@ def scaled(job, n):
     ),
 )
 def test_resized(case):
-    check(resized, case)
+    check("resized", case)
     if case.expect:
-        assert "restarts" not in decide(resized, case).status
+        assert "restarts" not in decide("resized", case).status
 
 
 def verdict(passed: bool) -> str:
@@ -457,9 +435,9 @@ def preflighted(job):
     ),
 )
 def test_preflight(case):
-    check(preflight, case)
+    check("preflight", case)
     if case.expect is not None:
-        assert decide(preflight, case).status["preflight"].bus_bw_gbps == 0.5
+        assert decide("preflight", case).status["preflight"].bus_bw_gbps == 0.5
 
 
 @table(
@@ -502,7 +480,7 @@ def test_preflight(case):
     ),
 )
 def test_failed(case):
-    check(failed, case)
+    check("failed", case)
 
 
 @table(
@@ -527,7 +505,7 @@ def test_failed(case):
     ),
 )
 def test_disrupted(case):
-    check(disrupted, case)
+    check("disrupted", case)
 
 
 @table(
@@ -552,7 +530,7 @@ def test_disrupted(case):
     ),
 )
 def test_node_loss(case):
-    check(node_loss, case)
+    check("node loss", case)
 
 
 @table(
@@ -580,7 +558,7 @@ def test_node_loss(case):
     ),
 )
 def test_missing(case):
-    check(missing, case)
+    check("missing", case)
 
 
 @table(
@@ -595,7 +573,7 @@ def test_missing(case):
     ),
 )
 def test_succeeded(case):
-    check(succeeded, case)
+    check("succeeded", case)
 
 
 @table(
@@ -606,9 +584,9 @@ def test_succeeded(case):
     ),
 )
 def test_running(case):
-    check(running, case)
+    check("running", case)
     if case.expect:
-        assert decide(running, case).signals.started_seconds == 7
+        assert decide("running", case).signals.started_seconds == 7
 
 
 @table(
@@ -637,4 +615,14 @@ def test_running(case):
     ),
 )
 def test_gang_wait(case):
-    check(gang_wait, case)
+    check("gang wait", case)
+
+
+def test_every_policy_module_runs_in_the_planner_once():
+    import pkgutil
+
+    from distml.trainingjob import policies
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(policies.__path__))
+    used = [decide.__module__.rsplit(".", 1)[1] for _, decide in POLICIES]
+    assert sorted(used) == modules and len(set(used)) == len(used)
