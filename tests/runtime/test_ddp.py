@@ -18,8 +18,22 @@ TRAIN = [sys.executable, "-m", "distml_runtime.train.ddp", "--no-metrics"]
 
 def _run(args: list[str]) -> str:
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     return done.stdout
+
+
+def _failure(stderr: str) -> str:
+    """All of a failed run's stderr that says why: from the first faulthandler report or
+    traceback on (a rank's stacks come before the parent's summary), else its end."""
+    marks = [i for m in ("Fatal Python error", "Traceback", "terminate called")
+             if (i := stderr.find(m)) >= 0]  # fmt: skip
+    return stderr[min(marks) :][:20000] if marks else stderr[-3000:]
+
+
+def _ranks(parent: int) -> list[int]:
+    """The spawned rank processes of a `--nproc` run."""
+    kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(k) for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
 
 
 def _events(text: str) -> list[dict]:
@@ -85,6 +99,32 @@ def test_killed_run_resumes_from_its_checkpoint_with_another_world_size(tmp_path
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps[0] == 50 and steps[-1] == 120
     assert events[-1] == {"event": "done", "step": 120, "world_size": 3}
+
+
+def test_ranks_signalled_at_different_steps_stop_together_at_one_step(tmp_path):
+    """SIGTERM reaches each rank when it reaches it: one rank alone must not enter a
+    collective its peers skip. Both stop at the same step, checkpoint once, exit 143."""
+    proc = subprocess.Popen(
+        [*TRAIN, "--nproc", "2", "--steps", "100000", "--step-delay", "0.03",
+         "--log-every", "100000", "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # training has begun on both ranks
+            if line.startswith("{") and json.loads(line)["event"] == "checkpoint":
+                break
+        first, second = _ranks(proc.pid)
+        os.kill(first, signal.SIGTERM)
+        time.sleep(0.1)  # some steps later, as a second SIGTERM reaches a second node
+        os.kill(second, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, _failure(err)
+    events = _events(out)
+    assert [e["event"] for e in events][-2:] == ["checkpoint", "preempted"]
+    assert events[-2]["step"] == events[-1]["step"]
 
 
 LAUNCH = [sys.executable, "-m", "distml_runtime.launch", "--"]

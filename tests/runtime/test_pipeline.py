@@ -184,7 +184,7 @@ def test_plan_command_prints_stages_and_refuses_a_model_that_cannot_fit():
 
 
 def _frozen_prefix(out: Path) -> None:
-    from distml_runtime.pipeline.models import simulated_busy_seconds, simulated_layers
+    from distml_runtime.pipeline.models import simulated_calls, simulated_layers
 
     distenv.init("gloo")
     layout = RankLayout(3, pp=3)
@@ -194,16 +194,17 @@ def _frozen_prefix(out: Path) -> None:
     )
     x, y = torch.randn(8, 16), torch.randint(0, 16, (8,))
     trainer.step(x, y)  # the first step also infers shapes with one more forward
-    busy = simulated_busy_seconds()
+    before = simulated_calls()
     trainer.step(x, y)
-    torch.save(simulated_busy_seconds() - busy, out / f"busy{dist.get_rank()}.pt")
+    calls = {k: v - before[k] for k, v in simulated_calls().items()}
+    torch.save(calls, out / f"calls{dist.get_rank()}.pt")
 
 
 def test_frozen_stages_do_no_backward_work(tmp_path):
-    """Stages 0 and 1 hold only frozen layers: each computes its 4 forwards (0.05 s each) and
-    nothing else, while the trainable stage 2 also runs its backwards (4 x 0.1 s)."""
+    """Stages 0 and 1 hold only frozen layers: each runs its 4 forwards (one per micro-batch)
+    and no backward, while the trainable stage 2 also runs its 4 backwards."""
     distenv.spawn(_frozen_prefix, 3, tmp_path)
-    busy = [torch.load(tmp_path / f"busy{r}.pt") for r in range(3)]
-    assert busy[0] == pytest.approx(0.2, abs=0.05)
-    assert busy[1] == pytest.approx(0.2, abs=0.05), "no backward through a frozen stage"
-    assert busy[2] == pytest.approx(0.6, abs=0.1)
+    calls = [torch.load(tmp_path / f"calls{r}.pt") for r in range(3)]
+    assert calls[0] == {"forward": 4, "backward": 0}
+    assert calls[1] == {"forward": 4, "backward": 0}, "no backward through a frozen stage"
+    assert calls[2] == {"forward": 4, "backward": 4}

@@ -78,20 +78,35 @@ def _spawned(
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "GROUP_RANK": str(local_rank // ranks_per_node),
+            # The parent hosts the rendezvous store, as torchrun's agent does: every rank is a
+            # client, and the store outlives them all.
+            "TORCHELASTIC_USE_AGENT_STORE": "True",
         }
     )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     faulthandler.enable()  # a rank that dies of a signal logs its Python stacks, as under launch
     torch.set_num_threads(1)
-    code = 0
+    code, ended = 0, False
     try:
         fn(*args)
+        ended = True
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        ended = True
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            leave(clean=ended and code == 0)
     exit_process(code)  # not reached on an error: torch.multiprocessing reports it
+
+
+def leave(clean: bool) -> None:
+    """Destroys the process group. After a clean end every rank first waits for the others
+    (a barrier), so that none tears its gloo pairs down while a peer still talks to it; a rank
+    that failed does not wait for peers that may never come."""
+    if clean:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def exit_process(code: int) -> NoReturn:
@@ -112,12 +127,19 @@ def spawn(
     """Runs fn(*args) in `nproc` fresh processes forming one job; raises if any of them fails."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    mp.start_processes(
-        _spawned,
-        args=(nproc, free_port(), ranks_per_node or nproc, fn, args),
-        nprocs=nproc,
-        start_method="spawn",
-    )
+    # Hosted here on a port the OS picks and held until every rank is gone: no port picked
+    # now and bound later by a rank (another process may take it in between), and no rank 0
+    # taking the store down while the others still leave the group.
+    store = dist.TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
+    try:
+        mp.start_processes(
+            _spawned,
+            args=(nproc, store.port, ranks_per_node or nproc, fn, args),
+            nprocs=nproc,
+            start_method="spawn",
+        )
+    finally:
+        del store
 
 
 def under_launcher() -> bool:
@@ -142,11 +164,13 @@ def run_ranks(train: Callable[[Any], int], args: Any) -> int:
                 raise
             return int(err.exit_code)
         return 0
+    code = None
     try:
-        return train(args)
+        code = train(args)
+        return code
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            leave(clean=code == 0)
 
 
 def add_rank_arguments(ap: argparse.ArgumentParser) -> None:

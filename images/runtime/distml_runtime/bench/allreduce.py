@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run(args)
         if dist.is_initialized():
-            dist.destroy_process_group()
+            distenv.leave(clean=True)
     return 0
 
 

@@ -30,12 +30,18 @@ def mlp_layers(
 
 
 _busy = [0.0]
+_calls = {"forward": 0, "backward": 0}
 
 
 def simulated_busy_seconds() -> float:
     """Seconds this process spent in simulated compute since it started (sleeps overshoot a
     little; what they really took is counted)."""
     return _busy[0]
+
+
+def simulated_calls() -> dict[str, int]:
+    """How many simulated forwards and backwards this process has run since it started."""
+    return dict(_calls)
 
 
 def _compute(seconds: float) -> None:
@@ -48,11 +54,13 @@ class _Sleep(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, seconds: float) -> torch.Tensor:
         ctx.seconds = seconds
+        _calls["forward"] += 1
         _compute(seconds)
         return x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        _calls["backward"] += 1
         _compute(2 * ctx.seconds)  # backward costs about twice the forward, as on a GPU
         return grad, None
 

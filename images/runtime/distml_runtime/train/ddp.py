@@ -160,9 +160,10 @@ def train(args: argparse.Namespace) -> int:
             )
         if ckpt_dir and args.checkpoint_every and step % args.checkpoint_every == 0:
             save()
-        flag = torch.tensor([1.0 if stop["preempted"] else 0.0])
-        if step % args.log_every == 0 or stop["preempted"]:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # Every rank asks at every step whether any was told to stop: a rank signalled at
+        # another step than its peers must not leave them in a collective it never joins.
+        flag = torch.tensor([1.0 if stop["preempted"] else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item():
             save()
             _emit("preempted", step=step)
