@@ -88,13 +88,13 @@ def exporters(cluster, operator, tmp_path_factory) -> Iterator[dict[str, int]]:
     ports["operator"] = operator.metrics_port
     stop = threading.Event()
 
-    def traffic() -> None:  # a steady trickle of prediction requests
-        body = json.dumps({"inputs": [[0.5] * 64, [0.1] * 64]}).encode()
+    def traffic() -> None:  # a steady trickle of inference requests (Open Inference Protocol)
+        tensor = {"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}
+        body = json.dumps({"inputs": [tensor]}).encode()
+        url = f"http://127.0.0.1:{ports['serving_http']}/v2/models/digits/infer"
         while not stop.wait(0.05):
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{ports['serving_http']}/v1/predict", data=body, timeout=5
-                ).read()
+                urllib.request.urlopen(url, data=body, timeout=5).read()
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()

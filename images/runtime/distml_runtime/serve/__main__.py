@@ -1,0 +1,62 @@
+"""`python -m distml_runtime.serve`: see distml_runtime.serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import torch
+from prometheus_client import start_http_server
+
+from distml_runtime import serve
+from distml_runtime.serve.server import Config
+
+
+def parser() -> argparse.ArgumentParser:
+    d = Config()
+    ap = argparse.ArgumentParser(
+        prog="python -m distml_runtime.serve",
+        description=serve.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--metrics-port", type=int, default=9400, help="0: no metrics")
+    ap.add_argument("--model-name", default=d.model_name)
+    ap.add_argument("--model-version", default=d.model_version)
+    ap.add_argument("--checkpoint-dir", default=d.checkpoint_dir)
+    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                    help="rows per forward pass, and per request at most")  # fmt: skip
+    ap.add_argument("--max-queue-delay-ms", type=float, default=d.max_queue_delay * 1e3,
+                    help="how long a request waits for others to share its batch")  # fmt: skip
+    ap.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
+                    help="after SIGTERM: not ready, still answering, this long")  # fmt: skip
+    ap.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    ap.add_argument("--stuck-seconds", type=float, default=d.stuck_seconds,
+                    help="a forward pass longer than this makes the server not ready")  # fmt: skip
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.max_batch_size < 1:
+        parser().error("--max-batch-size must be at least 1")
+    config = Config(
+        model_name=args.model_name,
+        model_version=args.model_version,
+        checkpoint_dir=args.checkpoint_dir,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay=args.max_queue_delay_ms / 1e3,
+        drain_seconds=args.drain_seconds,
+        max_request_bytes=args.max_request_bytes,
+        stuck_seconds=args.stuck_seconds,
+    )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    return asyncio.run(serve.server.serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
