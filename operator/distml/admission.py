@@ -117,7 +117,6 @@ def build_ledger(nodes: list[Obj], pods: list[Obj], gangs: list[Gang]) -> Ledger
     """What is free once every live GPU pod and every admitted gang's reservation is counted."""
     free = {n["metadata"]["name"]: podstate.node_gpus(n) for n in nodes if _usable(n)}
     ledger = Ledger(free=free, nodes={n["metadata"]["name"]: n for n in nodes})
-    known = ledger.nodes.keys()
     seen: set[tuple[str, int, int]] = set()  # (owner uid, generation, rank) of live pods
     unscheduled = []
     for pod in pods:
@@ -132,8 +131,10 @@ def build_ledger(nodes: list[Obj], pods: list[Obj], gangs: list[Gang]) -> Ledger
         node = podstate.node_name(pod)
         if node in free:
             free[node] -= gpus
-        elif not node or node not in known:
+        elif not node:
             unscheduled.append((pod, gpus))
+        # Bound to a node that is gone (deleted; its pods wait for the pod garbage collector),
+        # or not known here yet: it holds GPUs on no node the ledger can give.
     # A pod not yet bound goes where the admission pinned it, else first-fit.
     for pod, gpus in sorted(unscheduled, key=lambda pg: -pg[1]):
         pinned = pinned_node(pod)

@@ -43,7 +43,10 @@ def status(custom, ns: str, name: str) -> dict:
 
 
 def wait_phase(custom, ns: str, name: str, phase: str, timeout: float = 60) -> dict:
-    return wait_for(
+    return wait_reporting(
+        custom,
+        ns,
+        name,
         f"{name} {phase}",
         lambda: (s := status(custom, ns, name)).get("phase") == phase and s,
         timeout=timeout,

@@ -116,6 +116,15 @@ def test_a_pinned_pod_not_yet_scheduled_counts_on_its_node():
     assert build_ledger(nodes(4), [pod], []).free == {"n0": 8, "n1": 8, "n2": 8, "n3": 4}
 
 
+def test_a_pod_left_on_a_deleted_node_holds_nothing_on_the_nodes_that_remain():
+    """Its node is gone (it waits, Terminating, for the pod garbage collector): it holds GPUs
+    nowhere the ledger gives, and a new gang fits on the nodes there are (CI: a job waited
+    InsufficientGPUs for 30 s behind the 32 pods of a deleted pool)."""
+    orphans = [make_pod("old", r, gpus=1).on("gone").running().deleting().obj() for r in range(8)]
+    assert build_ledger(nodes(1), orphans, []).free == {"n0": 8}
+    assert verdict([gang("new", 1, 8)], cluster=nodes(1), pods=orphans)["team-new"].admitted
+
+
 def test_not_ready_tainted_and_unselected_nodes_offer_nothing():
     cluster = [make_node("a", ready=False), make_node("b", zone="x"), make_node("c", zone="y")]
     cluster[1]["spec"]["taints"].append({"key": "maintenance", "effect": "NoSchedule"})
