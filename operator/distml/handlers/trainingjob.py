@@ -125,6 +125,7 @@ class Operator:
         self.sweep_soon = asyncio.Event()  # a job was deleted: look for its orphans now
         self._resync: asyncio.Task[None] | None = None
         self._informers: dict[str, Informer] = {}
+        self.refusals: dict[Key, tuple[int, list[str]]] = {}  # (restart generation, messages)
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -447,7 +448,8 @@ class Operator:
         if self.terminating(ns):
             # Its pods vanish with it: no restarts, no creates, nothing to retry.
             return None
-        refused: list[str] = []
+        # What the API refused of this generation's creates, carried until a plan has seen it.
+        generation, refused = self.refusals.pop(key, (-1, []))
         requeue: float | None = None
         for _ in range(2):  # a second pass when the API refused a create: release the gang
             job = self.jobs.get(key)
@@ -458,8 +460,14 @@ class Operator:
             if job is None or job["metadata"].get("deletionTimestamp"):
                 self.forget_job(key)
                 return None
+            current = int((job.get("status") or {}).get("restartGeneration") or 0)
+            if refused and generation != current:
+                refused = []  # about a generation that has been replaced since
             if not self._observed(key):
+                if refused:
+                    self.refusals[key] = (current, refused)
                 return 0.25  # its own creates and deletes are not in the cache yet
+            generation = current
             pods = list(self.job_pods.get(key, {}).values())
             now, t_now = dt.datetime.now(dt.UTC), time.monotonic()
             uid = job["metadata"]["uid"]
@@ -486,6 +494,8 @@ class Operator:
             if not refused:
                 break
             log.warning("%s/%s: the API refused %d objects: %s", ns, name, len(refused), refused[0])
+        else:
+            self.refusals[key] = (generation, refused)  # for the next reconcile
         took = time.perf_counter() - t0
         metrics.RECONCILE_SECONDS.observe(took)
         log.debug(
@@ -523,6 +533,7 @@ class Operator:
             self._drop_gang(uid)
         self.jobs.pop(key, None)
         self.expected.pop(key, None)
+        self.refusals.pop(key, None)
         self._written_at.pop(key, None)
         self.phases.pop(key, None)
         self.workers.waiting.discard(key)
