@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export DISTML_REPO := $(CURDIR)
 
 .PHONY: help venv tools cluster cluster-down cluster-status test test-unit test-integration \
-        test-runtime lint crds dashboards demo clean bench-allreduce bench-startup bench-pipeline k8s-schema
+        test-runtime lint crds dashboards demo clean bench-allreduce bench-startup bench-pipeline bench-client repeat-test k8s-schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -86,3 +86,9 @@ bench-pipeline: venv ## GPipe bubble vs theory (p=2,4; m=1..16), planned vs even
 
 bench-startup: venv tools ## apply -> Running for a 64-pod job vs direct pod creation; 200 jobs x 8 pods
 	@$(PY) bench/startup.py
+
+bench-client: venv tools ## the operator's client vs kubernetes.aio: a 64-pod gang of creates, a LIST of 2000 pods
+	@$(PY) bench/client.py
+
+repeat-test: venv ## one test N times in a row: make repeat-test TEST=tests/runtime/test_ddp.py::test_loss_goes_down_with_two_ranks N=50
+	@bash hack/repeat-test.sh "$(TEST)" "$(or $(N),50)"
