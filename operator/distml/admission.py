@@ -91,8 +91,20 @@ class Ledger:
     def largest(self, gang: Gang) -> int | None:
         """The most GPUs any node the gang may use has at all (ready or not); None: no node
         matches its selector, affinity and tolerations."""
-        sizes = [podstate.node_gpus(n) for n in self.nodes.values() if gang.nodes.matches(n)]
+        sizes = [podstate.node_gpus(n) for n in self.matching(gang)]
         return max(sizes) if sizes else None
+
+    def matching(self, gang: Gang) -> list[Obj]:
+        """The nodes the gang's pods may ever go to, ready or not."""
+        return [n for n in self.nodes.values() if gang.nodes.matches(n, condition_taints=False)]
+
+    def unusable(self, gang: Gang) -> list[str]:
+        """Nodes it may go to that are not ready, or cordoned, now."""
+        return sorted(
+            n["metadata"]["name"]
+            for n in self.matching(gang)
+            if n["metadata"]["name"] not in self.free
+        )
 
 
 def _usable(node: Obj) -> bool:
@@ -254,11 +266,14 @@ def plan_queue(
         # Blocked: hold what it could use, so nothing behind it takes those GPUs.
         free.update(trial)
         shown = ", ".join(f"{n}={f}" for n, f in sorted(seen_free.items()) if f) or "none"
+        down = ledger.unusable(gang)
+        more = f" and {len(down) - 3} more" if len(down) > 3 else ""
+        waiting_on = f"; not ready or cordoned: {', '.join(down[:3])}{more}" if down else ""
         verdicts[gang.uid] = Verdict(
             False,
             "InsufficientGPUs",
             f"{place}: waiting for {need} on whole nodes: room for {len(placed)} now; "
-            f"free GPUs: {shown}",
+            f"free GPUs: {shown}{waiting_on}",
             position,
             free=seen_free,
         )

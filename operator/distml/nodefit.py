@@ -15,6 +15,7 @@ from typing import Any
 
 Obj = dict[str, Any]
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+CONDITION_TAINTS = "node.kubernetes.io/"  # not-ready, unreachable, memory-pressure, ...
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,12 @@ class NodeFilter:
             ),
         )
 
-    def matches(self, node: Obj) -> bool:
+    def matches(self, node: Obj, condition_taints: bool = True) -> bool:
         """Labels, affinity and taints: whether the scheduler could bind the pod there at all
-        (readiness and free resources are the ledger's business)."""
+        (readiness and free resources are the ledger's business). Without `condition_taints`,
+        the taints the node lifecycle controller puts on a node while it is not ready or
+        unreachable (node.kubernetes.io/...) do not count: they say how it is now, not where
+        the pod may ever go."""
         meta = node["metadata"]
         labels = meta.get("labels") or {}
         if any(labels.get(k) != v for k, v in self.selector):
@@ -114,6 +118,7 @@ class NodeFilter:
             any(t.tolerates(taint) for t in self.tolerations)
             for taint in (node.get("spec") or {}).get("taints") or []
             if taint.get("effect") in BLOCKING_EFFECTS
+            and (condition_taints or not str(taint.get("key", "")).startswith(CONDITION_TAINTS))
         )
 
     def tolerating(self, *extra: Obj) -> NodeFilter:

@@ -243,3 +243,18 @@ def test_a_template_no_node_matches_says_so():
     g = gang("typo", 1, 8, node_selector=(("pool", "gpu-a100-typo"),))
     v = verdict([g])["team-typo"]
     assert v.reason == "NoMatchingNode" and "nodeSelector" in v.message
+
+
+def test_nodes_that_match_but_are_not_ready_are_named_not_called_a_mismatch():
+    """The node lifecycle controller's not-ready and unreachable taints say how a node is now,
+    not where the pods may go: the gang waits for room and names the nodes it waits on."""
+    cluster = [make_node(f"n{i}", ready=False) for i in range(2)]
+    for n in cluster:
+        n["spec"]["taints"].append({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"})
+    v = verdict([gang("g", 1, 8)], cluster=cluster)["team-g"]
+    assert v.reason == "InsufficientGPUs" and not v.admitted
+    assert "room for 0 now; free GPUs: none; not ready or cordoned: n0, n1" in v.message
+    # A taint the template does not tolerate still rules a node out, whatever its state.
+    cluster[0]["spec"]["taints"].append({"key": "dedicated", "effect": "NoSchedule"})
+    cluster[1]["spec"]["taints"].append({"key": "dedicated", "effect": "NoSchedule"})
+    assert verdict([gang("g", 1, 8)], cluster=cluster)["team-g"].reason == "NoMatchingNode"
