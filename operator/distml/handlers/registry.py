@@ -81,5 +81,5 @@ class JobWorkers:
             except Exception:
                 failures += 1
                 delay = min(60.0, 0.5 * 2**failures)  # retry, never crash-loop
-                log.exception("reconcile of %s/%s failed; retrying in %.1fs", *key, delay)
+                log.exception("reconcile of %s %s/%s failed; retrying in %.1fs", *key, delay)
             await asyncio.sleep(_COALESCE_SECONDS)
