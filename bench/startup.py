@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import copy
 import json
 import os
@@ -213,18 +214,60 @@ def run_direct(core, rep: int, pods: int, dns: str | None = "Rank0") -> float:
     return took
 
 
-def run_burst_direct(core, jobs: int, per_job: int) -> float:
-    """`jobs` jobs' Services and pods, as the operator would render them, created at once."""
+def run_burst_direct(core, jobs: int, per_job: int) -> tuple[float, collections.Counter[str]]:
+    """`jobs` jobs' Services and pods, as the operator would render them, created at once; the
+    time to all Running, and the API writes until then."""
     ns = fresh_namespace(core, "bench-burst-direct")
     objects: list[dict] = []
     for i in range(jobs):
         service, pods = same_objects(ns, job(f"j{i:03d}", per_job, 1))
         objects += [service, *pods]
+    before = api_writes(core.api_client)
     t0 = time.monotonic()
     create_at_once(core.api_client, objects)
     took = wait_running(core, ns, "distml.io/replica-type=worker", jobs * per_job, t0)
+    writes = api_writes(core.api_client) - before
     drop_namespace(core, ns)
-    return took
+    return took, writes
+
+
+def all_jobs_running(custom, ns: str, jobs: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        if sum((j.get("status") or {}).get("phase") == "Running" for j in items) == jobs:
+            return
+        time.sleep(0.2)
+
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def api_writes(api: client.ApiClient) -> collections.Counter[str]:
+    """The API server's own count of write requests so far, by resource (and subresource)."""
+    resp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
+    text = (resp[0] if isinstance(resp, tuple) else resp).data.decode()
+    out: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if fields.get("verb") in WRITES:
+            sub = f"/{fields['subresource']}" if fields.get("subresource") else ""
+            out[f"{fields.get('resource', '?')}{sub}"] += int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def show_writes(jobs: int, direct: collections.Counter[str], ours: collections.Counter[str]):
+    """API writes per job in one round of each, all clients together (the scheduler's bindings
+    and the nodes' status updates are in both)."""
+    total = (sum(direct.values()), sum(ours.values()))
+    say(f"API writes per job: direct {total[0] / jobs:.1f}, operator {total[1] / jobs:.1f} "
+        f"({total[1] / max(total[0], 1):.2f}x)")  # fmt: skip
+    for what in sorted(set(direct) | set(ours), key=lambda w: -(ours[w] - direct[w])):
+        if ours[what] or direct[what]:
+            d, o = direct[what] / jobs, ours[what] / jobs
+            say(f"  {what:<24} direct {d:>5.2f}  operator {o:>5.2f}")
 
 
 def run_bursts(core, custom, args) -> tuple[float, float]:
@@ -232,13 +275,19 @@ def run_bursts(core, custom, args) -> tuple[float, float]:
     directly at once, alternating."""
     bursts, directs = [], []
     per = args.pods_per_job
+    api = core.api_client
     for rep in range(args.burst_repeats):
-        directs.append(run_burst_direct(core, args.burst_jobs, per))
+        took, direct_writes = run_burst_direct(core, args.burst_jobs, per)
+        directs.append(took)
         ns = fresh_namespace(core, f"bench-burst-{rep}")
+        before = api_writes(api)
         t0 = time.monotonic()
         submit_jobs(custom, ns, args.burst_jobs, per)
         bursts.append(wait_running(core, ns, "distml.io/replica-type=worker",
                                    args.burst_jobs * per, t0))  # fmt: skip
+        if rep == 0:  # the writes until every job says Running
+            all_jobs_running(custom, ns, args.burst_jobs)
+            show_writes(args.burst_jobs, direct_writes, api_writes(api) - before)
         custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
         while core.list_namespaced_pod(ns).items:
             time.sleep(0.2)
