@@ -245,8 +245,11 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 def api_writes(api: client.ApiClient) -> collections.Counter[str]:
     """The API server's own count of write requests so far, by resource (and subresource)."""
-    resp = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
-    text = (resp[0] if isinstance(resp, tuple) else resp).data.decode()
+    params = api.param_serialize(method="GET", resource_path="/metrics",
+                                 auth_settings=["BearerToken"])  # fmt: skip
+    resp = api.call_api(*params)
+    resp.read()
+    text = resp.data.decode()
     out: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
