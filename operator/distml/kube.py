@@ -29,10 +29,6 @@ RETRY_AFTER_CAP_SECONDS = 10.0
 LIST_PAGE = 500
 
 
-def _json(resp: Any) -> Any:
-    return json.loads(resp.data)
-
-
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -121,3 +122,13 @@ def not_ready_since(node: Obj) -> str | None:
 
 def node_gpus(node: Obj) -> int:
     return int(((node.get("status") or {}).get("allocatable") or {}).get(labels.GPU) or 0)
+
+
+def iso(t: dt.datetime) -> str:
+    """A time as the API writes it (RFC 3339, seconds, UTC)."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> dt.datetime | None:
+    """A time the API wrote (e.g. a condition's lastTransitionTime); None for none."""
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None

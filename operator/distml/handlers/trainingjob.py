@@ -23,13 +23,13 @@ from distml.api.models import GROUP, KIND, PLURAL, VERSION
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
 from distml.kube import AsyncWriter, Kube, api_message
+from distml.podstate import iso, parse_time
 from distml.policies import disruption, orphans
 from distml.trainingjob import (
     Plan,
     Settings,
     World,
     demand,
-    iso,
     only_counts_changed,
     plan_reconcile,
     status_changed,
@@ -67,6 +67,11 @@ async def _retrying(fn: Any, *args: Any) -> Any:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def job_key(namespace: str, name: str) -> Key:
+    """A TrainingJob's worker key (the kind first: kinds share names, never workers)."""
+    return (KIND, namespace, name)
 
 
 def _placement(node: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -199,7 +204,7 @@ class Operator:
         (watch events lag) is not allowed to take back a decision it made since."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
-        key = (KIND, meta.get("namespace", ""), meta["name"])
+        key = job_key(meta.get("namespace", ""), meta["name"])
         if deleted:
             self._drop_gang(uid)
             self._uids.pop(key, None)
@@ -330,7 +335,7 @@ class Operator:
             items, listed = await self.writer.list_objects(path)
             for job in items:
                 meta = job["metadata"]
-                key = (KIND, meta["namespace"], meta["name"])
+                key = job_key(meta["namespace"], meta["name"])
                 self.on_job(job)
                 if wake_all or not self.workers.has(key):
                     self.workers.ensure(key)
@@ -360,13 +365,12 @@ class Operator:
         # After the objects (see orphans.find). The LIST doubles as a resync: a job whose
         # event a broken watch lost is reconciled within one period.
         live = await self._list_jobs(wake_all=False)
-        candidates = [
+        found = [
             o
             for kind in ("Pod", "Service")
             for o in orphans.find((x for k, x in objects if k == kind), KIND, live, kind)
             if not self.terminating(o.namespace)
         ]
-        found = candidates
         for o in found:
             resource = "pods" if o.kind == "Pod" else "services"
             path = f"/api/v1/namespaces/{o.namespace}/{resource}/{o.name}"
@@ -392,7 +396,7 @@ class Operator:
             if uid not in listed and self._gang_versions.get(uid, 0) <= version:
                 log.warning("forgetting %s: its TrainingJob is gone", gang.title)
                 self._drop_gang(uid)
-                key = (KIND, gang.namespace, gang.name)
+                key = job_key(gang.namespace, gang.name)
                 if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
                     self.jobs.pop(key, None)  # its worker asks the API next, and stops
                     self.workers.wake(key)
@@ -547,7 +551,7 @@ class Operator:
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         code, answer = await self.writer.request("PATCH", path, body)
         if code == 404:  # deleted under the cached copy: the next reconcile finds it gone
-            self.jobs.pop((KIND, meta["namespace"], meta["name"]), None)
+            self.jobs.pop(job_key(meta["namespace"], meta["name"]), None)
             raise StatusConflict(meta["name"])
         if code == 409:
             fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"])
@@ -558,8 +562,9 @@ class Operator:
         if code >= 300:
             raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
         self._gang_versions[meta["uid"]] = _version(answer)
-        self.jobs[(KIND, meta["namespace"], meta["name"])] = answer
-        self._written_at[(KIND, meta["namespace"], meta["name"])] = time.monotonic()
+        key = job_key(meta["namespace"], meta["name"])
+        self.jobs[key] = answer
+        self._written_at[key] = time.monotonic()
 
     async def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Best effort: an Event the API refuses is logged and counted, and never stops the
@@ -600,7 +605,7 @@ class Operator:
         """Record, then act: the new status first, then the creates and deletes it decided, and
         its Events. Returns what the API refused to create."""
         meta = job["metadata"]
-        key = (KIND, meta["namespace"], meta["name"])
+        key = job_key(meta["namespace"], meta["name"])
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key[1:])
             await self.io(self.kube.delete_job, *key[1:])
@@ -661,9 +666,8 @@ class Operator:
 
     def _observe(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
         if plan.signals.started_seconds is not None:
-            created = dt.datetime.fromisoformat(
-                job["metadata"]["creationTimestamp"].replace("Z", "+00:00")
-            )
+            created = parse_time(job["metadata"]["creationTimestamp"])
+            assert created is not None  # the API sets it on every object
             metrics.TIME_TO_RUNNING.observe((now - created).total_seconds())
         if plan.signals.queue_wait_seconds is not None:
             metrics.QUEUE_WAIT.observe(plan.signals.queue_wait_seconds)
@@ -729,7 +733,7 @@ def register(op: Operator) -> None:
 
     @kopf.on.event(GROUP, VERSION, PLURAL)
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-        key = (KIND, namespace or "", name)
+        key = job_key(namespace or "", name)
         body = dict(event["object"])
         if event["type"] == "DELETED":
             op.on_job(body, deleted=True)

@@ -91,10 +91,9 @@ NODE_LOSS_SECONDS = 15.0
 
 def loss_pending(node: Obj, now: dt.datetime, after: float = NODE_LOSS_SECONDS) -> float:
     """Seconds until a NotReady node's pods are taken for lost (0: now, or the node is Ready)."""
-    since = podstate.not_ready_since(node)
-    if since is None:
+    went = podstate.parse_time(podstate.not_ready_since(node))
+    if went is None:
         return 0.0
-    went = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
     return max(0.0, after - (now - went).total_seconds())
 
 

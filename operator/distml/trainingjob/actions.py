@@ -9,8 +9,9 @@ from typing import Any
 
 from distml import podstate, rendering
 from distml.api.models import Admission, CleanPodPolicy, Phase
+from distml.podstate import iso
 from distml.policies.restart import Failure, backoff_seconds, decide_restart
-from distml.trainingjob.model import Outcome, PhaseChange, PodDeletion, Signals, iso
+from distml.trainingjob.model import Outcome, PhaseChange, PodDeletion, Signals
 from distml.trainingjob.observe import Observation
 
 Obj = dict[str, Any]
@@ -68,6 +69,16 @@ def next_generation(o: Observation) -> dict[str, Any]:
     return {"restart_generation": o.generation + 1, "queue_position": None}
 
 
+def _again_after(o: Observation, attempts: int) -> tuple[float, dict[str, Any]]:
+    """A new generation, tried again after the backoff for its `attempts`: (the backoff, the
+    status fields that record it)."""
+    wait = backoff_seconds(
+        attempts, o.settings.backoff_base_seconds, o.settings.backoff_cap_seconds
+    )
+    at = iso(o.now + dt.timedelta(seconds=wait))
+    return wait, {**next_generation(o), "next_attempt_time": at}
+
+
 def restart(o: Observation, failures: list[Failure]) -> Outcome:
     """Failed or lost workers: restart the whole group after a backoff, or fail the job when
     its restart policy or backoffLimit says so."""
@@ -81,9 +92,7 @@ def restart(o: Observation, failures: list[Failure]) -> Outcome:
     if not decision.restart:
         return finish(o, Phase.FAILED, decision.reason, decision.message)
     restarts = o.status.restarts + 1
-    wait = backoff_seconds(
-        restarts, o.settings.backoff_base_seconds, o.settings.backoff_cap_seconds
-    )
+    wait, again = _again_after(o, restarts)
     return Outcome(
         phase=PhaseChange(
             Phase.RESTARTING,
@@ -91,11 +100,7 @@ def restart(o: Observation, failures: list[Failure]) -> Outcome:
             f"{decision.message}; next attempt in {wait:.0f}s",
             "Warning",
         ),
-        status={
-            **next_generation(o),
-            "restarts": restarts,
-            "next_attempt_time": iso(o.now + dt.timedelta(seconds=wait)),
-        },
+        status={**again, "restarts": restarts},
         delete=deletions(o, o.current),
         requeue_after=wait,
         signals=Signals(restarted=True),
@@ -105,17 +110,10 @@ def restart(o: Observation, failures: list[Failure]) -> Outcome:
 def release(o: Observation, reason: str, message: Callable[[float], str], **more: Any) -> Outcome:
     """Deletes the generation's pods and queues the gang again after a backoff that grows with
     its attempts; `message` says why, given the backoff."""
-    attempts = max(o.status.gang_attempts, 1)
-    wait = backoff_seconds(
-        attempts, o.settings.backoff_base_seconds, o.settings.backoff_cap_seconds
-    )
+    wait, again = _again_after(o, max(o.status.gang_attempts, 1))
     return Outcome(
         phase=PhaseChange(Phase.QUEUED, reason, message(wait), "Warning"),
-        status={
-            **next_generation(o),
-            "next_attempt_time": iso(o.now + dt.timedelta(seconds=wait)),
-            "queued_time": o.stamp,
-        },
+        status={**again, "queued_time": o.stamp},
         delete=deletions(o, o.current),
         requeue_after=wait,
         **more,

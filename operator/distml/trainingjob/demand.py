@@ -8,7 +8,7 @@ from typing import Any
 from distml import admission, rendering
 from distml.api.models import FINISHED, Phase
 from distml.nodefit import NodeFilter
-from distml.trainingjob.model import parse_time
+from distml.podstate import parse_time
 
 Obj = dict[str, Any]
 

@@ -111,14 +111,6 @@ class Plan:
     signals: Signals = Signals()
 
 
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
-
-
 def dump_status(status: TrainingJobStatus) -> Obj:
     """The status as the API stores it; unset fields are null, which a merge patch removes."""
     return status.model_dump(by_alias=True, mode="json")

@@ -14,8 +14,9 @@ from typing import Any
 
 from distml import admission, labels, podstate
 from distml.api.models import Admission, TrainingJobSpec, TrainingJobStatus
+from distml.podstate import iso
 from distml.policies import disruption
-from distml.trainingjob.model import Settings, World, iso, read_status
+from distml.trainingjob.model import Settings, World, read_status
 
 Obj = dict[str, Any]
 

@@ -8,9 +8,10 @@ import dataclasses
 
 from distml import admission
 from distml.api.models import Admission, Phase
+from distml.podstate import parse_time
 from distml.trainingjob import actions
 from distml.trainingjob.demand import demand
-from distml.trainingjob.model import Outcome, PhaseChange, Signals, dump_status, parse_time
+from distml.trainingjob.model import Outcome, PhaseChange, Signals, dump_status
 from distml.trainingjob.observe import Observation
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from distml.api.models import Phase
-from distml.trainingjob.model import Outcome, PhaseChange, parse_time
+from distml.podstate import parse_time
+from distml.trainingjob.model import Outcome, PhaseChange
 from distml.trainingjob.observe import Observation
 
 

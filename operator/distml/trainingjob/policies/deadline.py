@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 from distml.api.models import Phase
+from distml.podstate import parse_time
 from distml.trainingjob import actions
-from distml.trainingjob.model import Outcome, PhaseChange, parse_time
+from distml.trainingjob.model import Outcome, PhaseChange
 from distml.trainingjob.observe import Observation
 
 

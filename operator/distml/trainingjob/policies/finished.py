@@ -4,8 +4,9 @@ ttlSecondsAfterFinished has passed since it finished."""
 from __future__ import annotations
 
 from distml.api.models import FINISHED
+from distml.podstate import parse_time
 from distml.trainingjob import actions
-from distml.trainingjob.model import Outcome, parse_time
+from distml.trainingjob.model import Outcome
 from distml.trainingjob.observe import Observation
 
 

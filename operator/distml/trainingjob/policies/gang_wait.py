@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as dt
 
 from distml.api.models import Phase
+from distml.podstate import parse_time
 from distml.trainingjob import actions
-from distml.trainingjob.model import Outcome, PhaseChange, Signals, parse_time
+from distml.trainingjob.model import Outcome, PhaseChange, Signals
 from distml.trainingjob.observe import Observation
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from distml import podstate
 from distml.api.models import Phase
-from distml.trainingjob.model import Outcome, PhaseChange, Signals, parse_time
+from distml.podstate import parse_time
+from distml.trainingjob.model import Outcome, PhaseChange, Signals
 from distml.trainingjob.observe import Observation
 
 
