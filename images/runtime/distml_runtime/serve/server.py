@@ -58,6 +58,7 @@ class Server:
         self.config = config
         self.state, self.reason = "loading", "loading the model"
         self.batcher: Batcher | None = None
+        self._batching: asyncio.Task[None] | None = None
         self.source = ""
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -73,7 +74,8 @@ class Server:
                 return model(x)
 
         self.batcher = Batcher(forward, self.config.max_batch_size, self.config.max_queue_delay)
-        asyncio.get_running_loop().create_task(self.batcher.run())
+        # Held: the event loop keeps only a weak reference to a task.
+        self._batching = asyncio.get_running_loop().create_task(self.batcher.run())
         self.state, self.reason = "warming", "warming up"
         try:
             out = await self.batcher.infer(torch.zeros(1, DIGITS_FEATURES))
