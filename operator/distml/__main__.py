@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
         namespaces=tuple(args.namespace),
+        peering=bool(args.peering),
     )
     register(op)
 

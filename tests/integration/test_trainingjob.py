@@ -115,7 +115,9 @@ def test_impossible_request_is_explained_not_crash_looped(core, custom, namespac
     jobs.create(custom, namespace, jobs.training_job("huge", 1, 64))
     st = jobs.wait_phase(custom, namespace, "huge", "Queued")
     assert "asks for 64 nvidia.com/gpu but the largest node has 8" in st["message"]
-    assert "NoNodeFits" in jobs.event_reasons(core, namespace, "huge")
+    # The Event goes out after the status that it announces.
+    wait_for("the NoNodeFits Event", lambda: "NoNodeFits" in jobs.event_reasons(core, namespace,
+                                                                              "huge"))  # fmt: skip
 
 
 def test_retryable_exit_restarts_the_group_and_application_error_fails(

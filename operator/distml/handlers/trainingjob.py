@@ -101,8 +101,11 @@ class Operator:
         settings: Settings,
         threads: int = 16,
         namespaces: tuple[str, ...] = (),
+        peering: bool = False,
     ) -> None:
         self.kube = kube
+        # With kopf peering, a replica that waits gets no job events: only those start workers.
+        self.peering = peering
         self.writer = AsyncWriter(kube.api)
         self.settings = settings
         self.watched = namespaces  # empty: every namespace
@@ -328,8 +331,9 @@ class Operator:
 
     async def _list_jobs(self, wake_all: bool) -> set[str]:
         """LISTs every job into the cache; a job with no worker yet (its event lost in a broken
-        watch) gets one, and with `wake_all` every job is reconciled. Returns the UIDs of the
-        jobs not being deleted."""
+        watch) gets one, unless under peering (a waiting replica must not act), and with
+        `wake_all` every job with a worker is reconciled. Returns the UIDs of the jobs not
+        being deleted."""
         live: set[str] = set()
         for path in self._scopes(JOBS_PATH, PLURAL):
             items, listed = await self.writer.list_objects(path)
@@ -337,7 +341,10 @@ class Operator:
                 meta = job["metadata"]
                 key = job_key(meta["namespace"], meta["name"])
                 self.on_job(job)
-                if wake_all or not self.workers.has(key):
+                if self.workers.has(key):
+                    if wake_all:
+                        self.workers.wake(key)
+                elif not self.peering:  # its event was lost in a broken watch
                     self.workers.ensure(key)
                 if not meta.get("deletionTimestamp"):
                     live.add(meta["uid"])
