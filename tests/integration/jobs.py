@@ -69,6 +69,17 @@ def event_reasons(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
     return [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]
 
 
+def reasons_once(core: client.CoreV1Api, ns: str, name: str, reason: str, count: int = 1,
+                 timeout: float = 30) -> list[str]:  # fmt: skip
+    """The job's Event reasons, once `reason` is among them `count` times. A decision's Event goes
+    out after the status that records it, so a test that has seen the status waits for it."""
+    return wait_for(
+        f"{count} {reason} Event(s) of {name}",
+        lambda: (r := event_reasons(core, ns, name)).count(reason) >= count and r,
+        timeout=timeout,
+    )
+
+
 def running_pods(core, ns: str, name: str, n: int, gen: int = 0, timeout: float = 60) -> list:
     """Waits for `n` live, Running pods of the job's restart generation `gen`."""
 

@@ -146,6 +146,7 @@ def test_a_quota_below_the_gang_is_reported_released_and_retried(
         ),
         timeout=30,
     )
+    jobs.reasons_once(core, namespace, "llm", "CreateRefused")
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llm").items
     refused = [e for e in events if e.reason == "CreateRefused"]
     assert refused and refused[0].type == "Warning" and "exceeded quota" in refused[0].message
@@ -185,7 +186,7 @@ def test_a_service_named_like_the_job_but_not_its_own_is_reported_not_adopted(
     assert "Service llm already exists and is not owned by this job" in st["message"]
     svc = core.read_namespaced_service("llm", namespace)
     assert svc.metadata.owner_references is None and svc.spec.selector == {"a": "b"}
-    assert "CreateRefused" in jobs.event_reasons(core, namespace, "llm")
+    jobs.reasons_once(core, namespace, "llm", "CreateRefused")
 
 
 def test_restricted_namespace_gets_no_pod_from_a_template_that_breaks_it(
@@ -207,6 +208,7 @@ def test_restricted_namespace_gets_no_pod_from_a_template_that_breaks_it(
     assert (
         "spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation" in st["message"]
     )
+    jobs.reasons_once(core, namespace, "plain", "PodPolicyViolation")
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=plain").items
     assert any(e.reason == "PodPolicyViolation" and e.type == "Warning" for e in events)
     assert jobs.pods(core, namespace, "plain") == []
@@ -278,7 +280,7 @@ def test_kubectl_scale_is_a_resize_not_a_failure(cluster, core, custom, namespac
         assert st["readyText"] == f"{size}/{size}" and st["restarts"] == 0
         assert len(jobs.live_pods(core, namespace, "llm")) == size
     assert st["resizes"] == 2 and st["admission"]["replicas"] == 1
-    reasons = jobs.event_reasons(core, namespace, "llm")
+    reasons = jobs.reasons_once(core, namespace, "llm", "Resized", count=2)
     assert (
         reasons.count("Resized") == 2 and "WorkerFailed" not in reasons and "PodLost" not in reasons
     )

@@ -92,7 +92,7 @@ def test_a_restart_is_recorded_before_the_failed_gang_is_touched(
     st = jobs.wait_phase(custom, namespace, "llm", "Running")
     assert st["restarts"] == 1 and st["restartGeneration"] == 1
     assert {p.metadata.name for p in second}.isdisjoint(pods)  # a new rendezvous, new names
-    assert jobs.event_reasons(core, namespace, "llm").count("WorkerFailed") == 1
+    assert jobs.reasons_once(core, namespace, "llm", "WorkerFailed").count("WorkerFailed") == 1
 
 
 def test_killed_right_after_recording_a_restart_the_next_operator_carries_it_out(
@@ -166,7 +166,7 @@ def test_a_job_recreated_across_an_api_server_restart_never_waits_on_its_predece
     )
     assert svc.metadata.owner_references[0].uid == uid
     assert operator.value("distml_orphans_deleted_total") >= swept + 3
-    assert "WaitingForPredecessor" in jobs.event_reasons(core, namespace, "llm")
+    jobs.reasons_once(core, namespace, "llm", "WaitingForPredecessor")
     print(f"job recreated -> its pods created past its predecessor's orphans: {took:.1f}s")
     settled(core, namespace)
 
@@ -257,7 +257,7 @@ def test_every_heartbeat_stopping_at_once_is_an_outage_not_node_loss(
     assert st.get("restarts", 0) == 0 and st["restartGeneration"] == 0
     assert {p.metadata.name for p in jobs.live_pods(core, namespace, "steady")} == before
     assert operator.value("distml_job_restarts_total") == restarts
-    reasons = jobs.event_reasons(core, namespace, "steady")
+    reasons = jobs.reasons_once(core, namespace, "steady", "NodesDisrupted")
     assert reasons.count("NodesDisrupted") == 1 and "WorkerFailed" not in reasons
 
 
@@ -287,7 +287,7 @@ def test_two_operators_without_peering_post_each_transition_once(
     finally:
         second.stop()
     assert st["restarts"] == 1
-    reasons = jobs.event_reasons(core, namespace, "twice")
+    reasons = jobs.reasons_once(core, namespace, "twice", "Succeeded")
     assert reasons.count("Succeeded") == 1 and reasons.count("WorkerFailed") == 1, reasons
     assert reasons.count("Admitted") == 2  # one per generation
     names = sorted(p.metadata.name for p in jobs.pods(core, namespace, "twice"))

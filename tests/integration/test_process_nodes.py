@@ -98,7 +98,7 @@ def test_job_trains_across_process_nodes_and_succeeds(
     pf = st["preflight"]
     assert pf["passed"] and pf["busBwGbps"] > 0.01 and pf["worldSize"] == 2
     assert set(pf["slowestLink"].split(" <-> ")) == {p.spec.node_name for p in pods}
-    assert "PreflightPassed" in jobs.event_reasons(core, namespace, "ddp")
+    jobs.reasons_once(core, namespace, "ddp", "PreflightPassed")
     assert f'distml_job_preflight_busbw_gbps{{namespace="{namespace}",trainingjob="ddp"}}' in (
         operator.metrics()
     )
@@ -137,7 +137,7 @@ def test_worker_killed_mid_training_restarts_and_resumes_from_its_checkpoint(
 
     st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
     assert st["restarts"] == 1 and st["restartGeneration"] == 1
-    reasons = jobs.event_reasons(core, namespace, "ddp")
+    reasons = jobs.reasons_once(core, namespace, "ddp", "Succeeded")
     assert "WorkerFailed" in reasons and reasons[-1] == "Succeeded"
     failed = core.list_namespaced_event(namespace, field_selector="reason=WorkerFailed").items
     assert "137" in failed[0].message  # SIGKILL, as the launcher reported it

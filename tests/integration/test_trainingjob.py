@@ -51,7 +51,7 @@ def test_job_starts_as_a_gang_reports_truthfully_and_succeeds(
     st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded")
     assert st["succeeded"] == 2 and st["completionTime"]
     assert {c["type"]: c["status"] for c in st["conditions"]}["Succeeded"] == "True"
-    assert jobs.event_reasons(core, namespace, "ddp")[-1] == "Succeeded"
+    assert jobs.reasons_once(core, namespace, "ddp", "Succeeded")[-1] == "Succeeded"
 
 
 def dns_hostnames(core, ns: str, service: str, n: int) -> list[str]:
@@ -94,8 +94,7 @@ def test_gang_waits_queued_without_creating_a_pod_until_it_fits(
     assert jobs.status(custom, namespace, "big")["phase"] == "Queued"
     # The decision is posted as an Event after it is recorded, and pods would only follow an
     # Admitted one: once the Event is there, no pod can be on its way.
-    wait_for("the InsufficientGPUs Event",
-             lambda: "InsufficientGPUs" in jobs.event_reasons(core, namespace, "big"))  # fmt: skip
+    jobs.reasons_once(core, namespace, "big", "InsufficientGPUs")
     assert jobs.pods(core, namespace, "big") == []
 
     # A third node joins the pool: the whole gang is admitted at once.
@@ -115,9 +114,7 @@ def test_impossible_request_is_explained_not_crash_looped(core, custom, namespac
     jobs.create(custom, namespace, jobs.training_job("huge", 1, 64))
     st = jobs.wait_phase(custom, namespace, "huge", "Queued")
     assert "asks for 64 nvidia.com/gpu but the largest node has 8" in st["message"]
-    # The Event goes out after the status that it announces.
-    wait_for("the NoNodeFits Event", lambda: "NoNodeFits" in jobs.event_reasons(core, namespace,
-                                                                              "huge"))  # fmt: skip
+    jobs.reasons_once(core, namespace, "huge", "NoNodeFits")
 
 
 def test_retryable_exit_restarts_the_group_and_application_error_fails(
@@ -135,7 +132,7 @@ def test_retryable_exit_restarts_the_group_and_application_error_fails(
     faults.exit_pod(cluster, namespace, second[0].metadata.name, 3)
     st = jobs.wait_phase(custom, namespace, "flaky", "Failed")
     assert "exited with code 3" in st["message"] and "application error" in st["message"]
-    reasons = jobs.event_reasons(core, namespace, "flaky")
+    reasons = jobs.reasons_once(core, namespace, "flaky", "ApplicationError")
     assert "WorkerFailed" in reasons and reasons[-1] == "ApplicationError"
     # cleanPodPolicy Running: the other worker is stopped, the failed one kept for its logs.
     wait_for(
