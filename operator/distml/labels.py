@@ -11,3 +11,6 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 METRICS_PORT = 9400
 OWNER_KIND = "distml.io/owner-kind"  # the kind of the job that owns a pod or Service
 OWNER_UID = "distml.io/owner-uid"  # and its UID: a job recreated under the same name is another
+REVISION = "distml.io/revision"  # the ServingJob revision a serving replica runs
+SERVING = "distml.io/serving"  # "true": in its ServingJob's Service; "false": draining
+DRAIN_STARTED = "distml.io/drain-started"  # when a serving replica left its Service (RFC 3339)

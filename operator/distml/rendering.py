@@ -199,7 +199,8 @@ def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict
     Selecting rank 0 alone spares the control plane an endpoint update for every pod that starts:
     other ranks need no name, as peers reach them at the addresses they publish in the store."""
     job = meta["name"]
-    selector = selector_labels(job)
+    # The kind too: a ServingJob may share the job's name in its namespace.
+    selector = {**selector_labels(job), labels.OWNER_KIND: KIND}
     if spec.dns_names != DNSNames.ALL_WORKERS:
         selector[labels.RANK] = "0"
     return {

@@ -132,7 +132,11 @@ def test_headless_service_names_rank_0_before_it_is_ready():
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
     # Rank 0 of every generation, and no other rank: the gang's other 63 pods never touch it.
-    assert svc["spec"]["selector"] == {"distml.io/job-name": "llm", "distml.io/rank": "0"}
+    assert svc["spec"]["selector"] == {
+        "distml.io/job-name": "llm",
+        "distml.io/owner-kind": "TrainingJob",
+        "distml.io/rank": "0",
+    }
     rank0 = render_worker_pod(job["metadata"], TrainingJobSpec.model_validate(job["spec"]), 0, 3)
     assert svc["spec"]["selector"].items() <= rank0["metadata"]["labels"].items()
     assert rank0["spec"]["subdomain"] == svc["metadata"]["name"]
@@ -142,7 +146,10 @@ def test_headless_service_names_every_worker_when_asked():
     job = make_job().replicas(4).spec(dnsNames="AllWorkers").obj()
     spec = TrainingJobSpec.model_validate(job["spec"])
     svc = render_headless_service(job["metadata"], spec)
-    assert svc["spec"]["selector"] == {"distml.io/job-name": "llm"}
+    assert svc["spec"]["selector"] == {
+        "distml.io/job-name": "llm",
+        "distml.io/owner-kind": "TrainingJob",
+    }
     pod = render_worker_pod(job["metadata"], spec, 3, 0)
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 

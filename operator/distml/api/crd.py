@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from distml.api import models
+from distml.api import models, serving
 from distml.api.k8sschema import SNAPSHOT
 
 
@@ -64,28 +64,59 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
-def trainingjob_schema() -> dict[str, Any]:
-    spec = model_schema(models.TrainingJobSpec)
+def _kind_schema(
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    rules: list[dict[str, str]],
+    name_rule: dict[str, str],
+    kind: str,
+    description: str,
+) -> dict[str, Any]:
+    spec = model_schema(spec_model)
+    given = spec["properties"]["template"]
     spec["properties"]["template"] = {
         **pod_template_schema(),
-        "description": spec["properties"]["template"].get("description", ""),
+        "description": given.get("description", ""),
+        **({"default": given["default"]} if "default" in given else {}),
     }
-    spec["x-kubernetes-validations"] = models.SPEC_RULES
-    status = model_schema(models.TrainingJobStatus)
+    spec["x-kubernetes-validations"] = rules
     return {
         "type": "object",
-        "description": "A distributed PyTorch training job: a gang of pods running torchrun, "
-        "admitted and started together, restarted together on failure.",
+        "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "distml.io/v1alpha1"},
-            "kind": {"type": "string", "description": "TrainingJob"},
+            "apiVersion": {"type": "string", "description": f"{models.GROUP}/{models.VERSION}"},
+            "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},  # the API server allows nothing else here
             "spec": spec,
-            "status": status,
+            "status": model_schema(status_model),
         },
-        "x-kubernetes-validations": [models.NAME_RULE],
+        "x-kubernetes-validations": [name_rule],
     }
+
+
+def trainingjob_schema() -> dict[str, Any]:
+    return _kind_schema(
+        models.TrainingJobSpec,
+        models.TrainingJobStatus,
+        models.SPEC_RULES,
+        models.NAME_RULE,
+        models.KIND,
+        "A distributed PyTorch training job: a gang of pods running torchrun, "
+        "admitted and started together, restarted together on failure.",
+    )
+
+
+def servingjob_schema() -> dict[str, Any]:
+    return _kind_schema(
+        serving.ServingJobSpec,
+        serving.ServingJobStatus,
+        serving.SPEC_RULES,
+        serving.NAME_RULE,
+        serving.KIND,
+        "A model served over the Open Inference Protocol by replicas of the runtime's server "
+        "behind one Service, updated by rolling revisions that drop no request.",
+    )
 
 
 def _column(
@@ -99,20 +130,22 @@ def _column(
     return col
 
 
-def trainingjob_crd() -> dict[str, Any]:
+def _crd(
+    kind: str, plural: str, short: str, columns: list[dict[str, Any]], schema: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "metadata": {"name": f"{plural}.{models.GROUP}"},
         "spec": {
             "group": models.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": models.KIND.lower(),
-                "shortNames": ["tj"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
                 "categories": ["distml"],
             },
             "versions": [
@@ -128,35 +161,66 @@ def trainingjob_crd() -> dict[str, Any]:
                             "labelSelectorPath": ".status.selector",
                         },
                     },
-                    "additionalPrinterColumns": [
-                        _column("Phase", ".status.phase"),
-                        _column("Reason", ".status.reason", description="why, in one word"),
-                        _column("Ready", ".status.readyText", description="ready/desired pods"),
-                        _column("GPUs", ".status.gpus", "integer"),
-                        _column("Restarts", ".status.restarts", "integer"),
-                        _column(
-                            "Queue",
-                            ".status.queuePosition",
-                            "integer",
-                            description="place among the gangs waiting for GPUs (1 = next)",
-                        ),
-                        _column("Age", ".metadata.creationTimestamp", "date"),
-                        _column("Replicas", ".spec.replicas", "integer", 1),
-                        _column("Restart-Policy", ".spec.restartPolicy", priority=1),
-                        _column(
-                            "BusBw-Gbps",
-                            ".status.preflight.busBwGbps",
-                            "number",
-                            1,
-                            description="all-reduce busbw the preflight measured",
-                        ),
-                        _column("Message", ".status.message", priority=1),
-                    ],
-                    "schema": {"openAPIV3Schema": trainingjob_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def trainingjob_crd() -> dict[str, Any]:
+    columns = [
+        _column("Phase", ".status.phase"),
+        _column("Reason", ".status.reason", description="why, in one word"),
+        _column("Ready", ".status.readyText", description="ready/desired pods"),
+        _column("GPUs", ".status.gpus", "integer"),
+        _column("Restarts", ".status.restarts", "integer"),
+        _column(
+            "Queue",
+            ".status.queuePosition",
+            "integer",
+            description="place among the gangs waiting for GPUs (1 = next)",
+        ),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+        _column("Replicas", ".spec.replicas", "integer", 1),
+        _column("Restart-Policy", ".spec.restartPolicy", priority=1),
+        _column(
+            "BusBw-Gbps",
+            ".status.preflight.busBwGbps",
+            "number",
+            1,
+            description="all-reduce busbw the preflight measured",
+        ),
+        _column("Message", ".status.message", priority=1),
+    ]
+    return _crd(models.KIND, models.PLURAL, "tj", columns, trainingjob_schema())
+
+
+def servingjob_crd() -> dict[str, Any]:
+    columns = [
+        _column("Ready", ".status.readyText", description="ready/desired replicas"),
+        _column(
+            "Up-To-Date",
+            ".status.updatedReplicas",
+            "integer",
+            description="replicas of the update revision",
+        ),
+        _column(
+            "Available",
+            ".status.availableReplicas",
+            "integer",
+            description="Ready replicas in the Service",
+        ),
+        _column("Phase", ".status.phase"),
+        _column("URL", ".status.url"),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+        _column("Reason", ".status.reason", priority=1),
+        _column("GPUs", ".status.gpus", "integer", 1),
+        _column("Revision", ".status.updateRevision", priority=1),
+        _column("Message", ".status.message", priority=1),
+    ]
+    return _crd(serving.KIND, serving.PLURAL, "sj", columns, servingjob_schema())
 
 
 def peering_crd(scope: str) -> dict[str, Any]:
@@ -198,6 +262,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every kind the operator serves or needs (kopf's peering for HA)."""
     return {
         f"{models.GROUP}_{models.PLURAL}.yaml": trainingjob_crd(),
+        f"{models.GROUP}_{serving.PLURAL}.yaml": servingjob_crd(),
         "kopf.dev_clusterkopfpeerings.yaml": peering_crd("Cluster"),
         "kopf.dev_kopfpeerings.yaml": peering_crd("Namespaced"),
     }

@@ -158,7 +158,7 @@ def _merge(a: Signals, b: Signals) -> Signals:
 
 def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     o = observe(world, settings or Settings())
-    plan = Plan()
+    plan = Plan(signals=Signals())
     for _name, policy in POLICIES:
         outcome = policy(o)
         if outcome is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import torch
@@ -11,6 +12,11 @@ from prometheus_client import start_http_server
 
 from distml_runtime import serve
 from distml_runtime.serve.server import Config
+
+
+def _env(name: str, default: object) -> str:
+    """A default from the pod's environment (the operator's contract), else the built-in one."""
+    return os.environ.get(name, str(default))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,16 +27,21 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--host", default="0.0.0.0")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--metrics-port", type=int, default=9400, help="0: no metrics")
-    ap.add_argument("--model-name", default=d.model_name)
-    ap.add_argument("--model-version", default=d.model_version)
-    ap.add_argument("--checkpoint-dir", default=d.checkpoint_dir)
-    ap.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+    ap.add_argument("--port", type=int, default=int(_env("DISTML_SERVE_PORT", 8000)))
+    ap.add_argument("--metrics-port", type=int, default=int(_env("DISTML_METRICS_PORT", 9400)),
+                    help="0: no metrics")  # fmt: skip
+    ap.add_argument("--model-name", default=_env("DISTML_MODEL_NAME", d.model_name))
+    ap.add_argument("--model-version", default=_env("DISTML_MODEL_VERSION", d.model_version))
+    ap.add_argument("--checkpoint-dir", default=_env("DISTML_CHECKPOINT_DIR", d.checkpoint_dir),
+                    help="the newest step-*.pt there is served; empty: the demo model")  # fmt: skip
+    ap.add_argument("--max-batch-size", type=int,
+                    default=int(_env("DISTML_MAX_BATCH_SIZE", d.max_batch_size)),
                     help="rows per forward pass, and per request at most")  # fmt: skip
-    ap.add_argument("--max-queue-delay-ms", type=float, default=d.max_queue_delay * 1e3,
+    ap.add_argument("--max-queue-delay-ms", type=float,
+                    default=float(_env("DISTML_MAX_QUEUE_DELAY_MS", d.max_queue_delay * 1e3)),
                     help="how long a request waits for others to share its batch")  # fmt: skip
-    ap.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
+    ap.add_argument("--drain-seconds", type=float,
+                    default=float(_env("DISTML_DRAIN_SECONDS", d.drain_seconds)),
                     help="after SIGTERM: not ready, still answering, this long")  # fmt: skip
     ap.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
     ap.add_argument("--stuck-seconds", type=float, default=d.stuck_seconds,

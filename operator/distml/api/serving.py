@@ -1,0 +1,208 @@
+"""The ServingJob API (distml.io/v1alpha1), as pydantic models: a model served by N replicas of
+the runtime's Open Inference Protocol server behind one ClusterIP Service, updated by rolling
+revisions. The CRD is generated from these models like TrainingJob's (`make crds`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from distml.api.models import GROUP, VERSION, Condition, _Model
+
+KIND = "ServingJob"
+PLURAL = "servingjobs"
+DEFAULT_PORT = 8000
+# The image a ServingJob without a template runs (the operator's --runtime-image overrides it).
+RUNTIME_IMAGE = "distml-runtime:0.1.0"
+# Where a model from a PVC or a host folder is mounted, read-only, in the server's container.
+MODEL_MOUNT = "/mnt/models"
+# What `model.storageUri` may say: the built-in demo model, a folder on a PersistentVolumeClaim
+# (pvc://CLAIM/sub/folder), a folder on the node (host:///abs/folder), or a folder the template
+# itself mounts into the container (file:///abs/folder).
+STORAGE_URI_PATTERN = r"^(demo:|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|host:///.*|file:///.*)$"
+
+
+# An object field the API server fills in when it is left out, so that its own fields' defaults
+# apply (and the CEL rules can read them).
+_DEFAULTED: dict[str, Any] = {"default": {}}
+
+
+class ServingPhase(StrEnum):
+    PENDING = "Pending"  # no replica Ready yet
+    PROGRESSING = "Progressing"  # a rollout or a scale is under way
+    AVAILABLE = "Available"  # every replica of the current revision Ready
+    DEGRADED = "Degraded"  # fewer Ready replicas than replicas - maxUnavailable
+
+
+class Model(_Model):
+    """The model every replica loads."""
+
+    name: str = Field(
+        "digits",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="Its name in the protocol: /v2/models/NAME/infer.",
+    )
+    version: str = Field("1", max_length=32, description="Its version in the protocol.")
+    storage_uri: str = Field(
+        "demo:",
+        pattern=STORAGE_URI_PATTERN,
+        description="Where its checkpoint folder (as train.ddp writes it) is: demo: (the "
+        "built-in model), pvc://CLAIM/folder, host:///folder on the node, or file:///folder "
+        "the template mounts itself. The newest step-*.pt there is loaded.",
+    )
+
+
+class Batching(_Model):
+    """Dynamic batching: concurrent requests are stacked into one forward pass."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Rows per forward pass (and per request) at most."
+    )
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, le=10000, description="How long a request waits for others to share a batch."
+    )
+
+
+class Rollout(_Model):
+    """How a new revision replaces the old, counted in replicas."""
+
+    max_surge: int = Field(
+        1, ge=0, description="Replicas above spec.replicas while rolling (more GPUs, briefly)."
+    )
+    max_unavailable: int = Field(
+        0, ge=0, description="Replicas below spec.replicas that may be not Ready while rolling."
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How long a replica taken out of the Service keeps answering the requests "
+        "already on their way to it before it is stopped.",
+    )
+
+
+class ServingJobSpec(_Model):
+    """What to serve: `replicas` copies of the model behind one Service."""
+
+    replicas: int = Field(1, ge=0, description="Server replicas (kubectl scale sj/NAME).")
+    gpus_per_replica: int = Field(0, ge=0, description="nvidia.com/gpu of each replica.")
+    template: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra=_DEFAULTED,
+        description="The pod template of every replica; its first container runs the server. "
+        "Empty: the runtime image running `python -m distml_runtime.serve`.",
+    )
+    model: Model = Field(default_factory=lambda: Model(), json_schema_extra=_DEFAULTED)
+    batching: Batching = Field(default_factory=lambda: Batching(), json_schema_extra=_DEFAULTED)
+    rollout: Rollout = Field(default_factory=lambda: Rollout(), json_schema_extra=_DEFAULTED)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="The server's HTTP port.")
+    priority: int = Field(
+        0, description="Queue order on the GPU ledger it shares with TrainingJobs."
+    )
+
+
+class ReplicaStatus(_Model):
+    """One replica as the operator sees it."""
+
+    pod: str = Field(..., description="Its pod.")
+    node: str = Field("", description="The node it is bound to (empty: not yet).")
+    revision: str = Field(..., description="The revision it runs.")
+    state: str = Field(
+        ...,
+        description="Starting, Ready, NotReady (was Ready, probe failing), Draining (out of the "
+        "Service, finishing its requests), Failed.",
+    )
+
+
+class ServingAdmission(_Model):
+    """The replicas a reconcile decided to create, written before they are: their GPUs stay
+    reserved on the ledger (on these nodes) until the pods are seen."""
+
+    batch: int = Field(0, description="Bumped for every set of creates; on their pods.")
+    replicas: int = Field(0, description="Pods created in this batch.")
+    gpus_per_replica: int = Field(0, description="GPUs of each.")
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="The node of each, in order (empty: any).",
+        json_schema_extra={"items": {"type": "string", "description": "A node name."}},
+    )
+    pods: list[str] = Field(
+        default_factory=list,
+        description="Their names, in order.",
+        json_schema_extra={"items": {"type": "string", "description": "A pod name."}},
+    )
+
+
+class ServingJobStatus(_Model):
+    """What the operator observed and decided, as of observedGeneration."""
+
+    phase: ServingPhase | None = Field(
+        None, description="Pending, Progressing, Available or Degraded."
+    )
+    reason: str = Field("", description="Why, in one word.")
+    message: str = Field("", description="What is happening, in a sentence.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Available, Progressing and Degraded."
+    )
+    replicas: int = Field(0, description="Replicas in the Service or starting (not draining).")
+    ready_replicas: int = Field(0, description="Replicas Ready (model loaded, warm-up passed).")
+    updated_replicas: int = Field(0, description="Replicas of the update revision.")
+    available_replicas: int = Field(0, description="Ready replicas in the Service.")
+    ready_text: str = Field("", description="ready/desired, for kubectl get.")
+    current_revision: str = Field("", description="The revision every replica ran last.")
+    update_revision: str = Field("", description="The revision the spec asks for now.")
+    gpus: int = Field(0, description="GPUs its replicas hold now.")
+    replaced: int = Field(0, description="Replicas replaced after they failed.")
+    url: str = Field("", description="The in-cluster URL of its Service.")
+    selector: str = Field("", description="Label selector of its replicas (scale).")
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation this status was computed from."
+    )
+    rollout_start_time: str | None = Field(None, description="When the rollout began.")
+    queued_time: str | None = Field(None, description="Since when a replica waits for GPUs.")
+    admission: ServingAdmission | None = None
+    replica_status: list[ReplicaStatus] = Field(
+        default_factory=list, description="Every replica, with its revision and state."
+    )
+
+
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.rollout.maxSurge + self.rollout.maxUnavailable >= 1",
+        "message": "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0: "
+        "no rollout could make progress",
+        "fieldPath": ".rollout",
+    },
+    {
+        "rule": "!has(self.template.spec) || size(self.template.spec.containers) >= 1",
+        "message": "spec.template.spec.containers needs at least one container (the server)",
+        "fieldPath": ".template.spec.containers",
+    },
+]
+NAME_RULE = {
+    "rule": "size(self.metadata.name) <= 40",
+    "message": "metadata.name must be at most 40 characters (pod names add a revision and index)",
+}
+
+
+class ServingJob(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ServingJobSpec = Field(default_factory=lambda: ServingJobSpec())
+    status: ServingJobStatus = Field(default_factory=lambda: ServingJobStatus())
+
+
+def serving_job_manifest(name: str, replicas: int, **spec: Any) -> dict[str, Any]:
+    """A ServingJob as a plain manifest, for programs that submit them (benchmarks, tests)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, **spec},
+    }

@@ -1,0 +1,81 @@
+"""What every kind's planner reads and returns: the world a reconcile gathered and the plan it
+decided (objects to create, patch and delete; the new status; Events). Pure data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from distml import admission, podpolicy
+from distml.api.serving import RUNTIME_IMAGE
+from distml.policies import disruption
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    backoff_base_seconds: float = 10.0
+    backoff_cap_seconds: float = 300.0
+    queued_recheck_seconds: float = 15.0
+    backfill_seconds: float = 300.0  # see distml.admission: how long a head lets others pass
+    node_loss_seconds: float = disruption.NODE_LOSS_SECONDS  # see distml.policies.disruption
+    pod_rules: podpolicy.PodRules = field(default_factory=podpolicy.PodRules)
+    runtime_image: str = RUNTIME_IMAGE  # what a ServingJob without a template runs
+
+
+@dataclass
+class World:
+    """What the handler gathered for one reconcile."""
+
+    job: Obj
+    pods: list[Obj]  # the job's pods, every generation
+    nodes: list[Obj]
+    cluster_pods: list[Obj]  # every live GPU pod in the cluster, for the ledger
+    now: dt.datetime
+    gangs: list[admission.Gang] = field(default_factory=list)  # every other job's demand
+    namespace: Obj | None = None  # the job's namespace (its Pod Security level)
+    # What the API refused when this generation's objects were last created (quoted messages).
+    refused: list[str] = field(default_factory=list)
+    # NotReady nodes still held after a disruption ended (see distml.policies.disruption.hold).
+    held_nodes: frozenset[str] = frozenset()
+    # disruption.find(nodes), when the caller keeps it (it changes only when a node does).
+    disruption: disruption.Disruption | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodDeletion:
+    name: str
+    force: bool = False  # grace period 0: the pod's node is gone or dead
+
+
+@dataclass(frozen=True)
+class PodPatch:
+    """A merge patch of one pod's metadata (a serving replica taken out of its Service)."""
+
+    name: str
+    labels: dict[str, str | None] = field(default_factory=dict)
+    annotations: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """The reconcile's result: objects to create and delete, the new status (as the API stores
+    it), Events, when to look again, and what the metrics should count."""
+
+    create: list[Obj] = field(default_factory=list)
+    delete: list[PodDeletion] = field(default_factory=list)
+    status: Obj = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_job: bool = False
+    signals: Any = None  # what the kind's metrics count (TrainingJob: its Signals)
+    patch: list[PodPatch] = field(default_factory=list)
