@@ -35,19 +35,19 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
-    def get_job(self, namespace: str, name: str) -> Obj | None:
+    def get_job(self, namespace: str, name: str, plural: str = PLURAL) -> Obj | None:
         try:
-            job = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            job = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
             return cast(Obj, job)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    def delete_job(self, namespace: str, name: str, plural: str = PLURAL) -> None:
         try:
             self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
             )
         except ApiException as err:
             if err.status != 404:

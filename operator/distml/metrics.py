@@ -67,3 +67,17 @@ WATCH_RELISTS = Counter(
     "LISTs after a watch ended: its history expired (410 Gone) or it broke",
     ["resource", "reason"],
 )
+SERVINGJOBS = Gauge("distml_servingjobs", "ServingJobs by phase", ["phase"])
+SERVING_REPLICAS = Gauge(
+    "distml_serving_replicas",
+    "Serving replicas by state (Starting, Ready, NotReady, Draining), over every ServingJob",
+    ["state"],
+)
+ROLLOUT_SECONDS = Histogram(
+    "distml_serving_rollout_duration_seconds",
+    "From a ServingJob's new revision to every replica running it",
+    buckets=_LATENCY,
+)
+REPLICAS_REPLACED = Counter(
+    "distml_serving_replicas_replaced", "Serving replicas replaced after their pod failed"
+)

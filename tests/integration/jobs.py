@@ -61,21 +61,23 @@ def live_pods(core, ns: str, job: str) -> list:
     return [p for p in pods(core, ns, job) if p.metadata.deletion_timestamp is None]
 
 
-def event_reasons(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
+def event_reasons(
+    core: client.CoreV1Api, ns: str, name: str, kind: str = "TrainingJob"
+) -> list[str]:
     events = core.list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=TrainingJob"
+        ns, field_selector=f"involvedObject.name={name},involvedObject.kind={kind}"
     ).items
     # Timestamps have one-second resolution; etcd's revision orders events within a second.
     return [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]
 
 
 def reasons_once(core: client.CoreV1Api, ns: str, name: str, reason: str, count: int = 1,
-                 timeout: float = 30) -> list[str]:  # fmt: skip
+                 timeout: float = 30, kind: str = "TrainingJob") -> list[str]:  # fmt: skip
     """The job's Event reasons, once `reason` is among them `count` times. A decision's Event goes
     out after the status that records it, so a test that has seen the status waits for it."""
     return wait_for(
         f"{count} {reason} Event(s) of {name}",
-        lambda: (r := event_reasons(core, ns, name)).count(reason) >= count and r,
+        lambda: (r := event_reasons(core, ns, name, kind)).count(reason) >= count and r,
         timeout=timeout,
     )
 

@@ -40,14 +40,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
      (cluster-wide) or a Role per namespace. Only the verbs it uses. */}}
 {{- define "distml.namespacedRules" -}}
 - apiGroups: ["distml.io"]
-  resources: ["trainingjobs"]
+  resources: ["trainingjobs", "servingjobs"]
   verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["distml.io"]
-  resources: ["trainingjobs/status"]
+  resources: ["trainingjobs/status", "servingjobs/status"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]  # patch: a serving replica drains
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "create", "delete"]  # list, delete: orphans of deleted jobs

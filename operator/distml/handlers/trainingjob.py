@@ -1,5 +1,5 @@
-"""TrainingJob handlers: watch jobs, their pods, the nodes and the namespaces; reconcile each job
-in its worker.
+"""The operator core: watch jobs of every kind (TrainingJob, ServingJob: distml.handlers.kinds),
+their pods, the nodes and the namespaces; reconcile each job in its worker.
 
 The GPU ledger lives here, as caches the pure admission reads: live GPU pods (from a watch),
 and every job's demand (from a LIST at start-up, kopf's job events, and each reconcile's own
@@ -19,21 +19,14 @@ from typing import Any
 import kopf
 
 from distml import admission, failpoints, labels, metrics, podstate
-from distml.api.models import GROUP, KIND, PLURAL, VERSION
+from distml.api.models import GROUP, KIND, VERSION
+from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
 from distml.kube import AsyncWriter, Kube, api_message
-from distml.podstate import iso, parse_time
+from distml.podstate import iso
 from distml.policies import disruption, orphans
-from distml.trainingjob import (
-    Plan,
-    Settings,
-    World,
-    demand,
-    only_counts_changed,
-    plan_reconcile,
-    status_changed,
-)
+from distml.reconcile import Plan, Settings, World
 
 log = logging.getLogger("distml.trainingjob")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
@@ -69,9 +62,13 @@ async def _retrying(fn: Any, *args: Any) -> Any:
             delay = min(delay * 2, 2.0)
 
 
-def job_key(namespace: str, name: str) -> Key:
-    """A TrainingJob's worker key (the kind first: kinds share names, never workers)."""
-    return (KIND, namespace, name)
+def job_key(namespace: str, name: str, kind: str = KIND) -> Key:
+    """A job's worker key (the kind first: kinds share names, never workers)."""
+    return (kind, namespace, name)
+
+
+def kind_of(job: dict[str, Any]) -> str:
+    return str(job.get("kind") or KIND)
 
 
 def _placement(node: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -134,6 +131,8 @@ class Operator:
         self._resync: asyncio.Task[None] | None = None
         self._informers: dict[str, Informer] = {}
         self.refusals: dict[Key, tuple[int, list[str]]] = {}  # (restart generation, messages)
+        self.kinds: dict[str, Kind] = dict(KINDS)
+        self._gang_kinds: dict[str, str] = {}  # job uid -> its kind
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -207,7 +206,8 @@ class Operator:
         (watch events lag) is not allowed to take back a decision it made since."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
-        key = job_key(meta.get("namespace", ""), meta["name"])
+        kind = kind_of(job)
+        key = job_key(meta.get("namespace", ""), meta["name"], kind)
         if deleted:
             self._drop_gang(uid)
             self._uids.pop(key, None)
@@ -222,7 +222,8 @@ class Operator:
         if cached is None or cached["metadata"].get("uid") != uid or _version(cached) <= version:
             self.jobs[key] = job
         self._replaced(key, uid)
-        self._set_gang(uid, demand(job), version)
+        self._gang_kinds[uid] = kind
+        self._set_gang(uid, self.kinds[kind].demand(job), version)
 
     def _replaced(self, key: Key, uid: str) -> None:
         """`uid` is the job named `key` now: one that had the name before is gone (its DELETED
@@ -249,6 +250,7 @@ class Operator:
     def _drop_gang(self, uid: str) -> None:
         self._set_gang(uid, None, 0)
         self._gang_versions.pop(uid, None)
+        self._gang_kinds.pop(uid, None)
 
     def replace(self, path: str, items: list[dict[str, Any]]) -> None:
         """A fresh LIST: what it lacks is gone."""
@@ -297,10 +299,11 @@ class Operator:
         versions = {}
         for path in CACHES:
             versions[path] = await _retrying(self.informer(path).list)
-        for path in self._scopes(JOBS_PATH, PLURAL):
-            items, _ = await _retrying(self.writer.list_objects, path)
-            for job in items:
-                self.on_job(job)
+        for kind in self.kinds.values():
+            for path in self._scopes(JOBS_PATH, kind.plural):
+                items, _ = await _retrying(self.writer.list_objects, path)
+                for job in items:
+                    self.on_job({**job, "kind": kind.kind})
         self.primed = True
         return versions
 
@@ -335,27 +338,29 @@ class Operator:
         `wake_all` every job with a worker is reconciled. Returns the UIDs of the jobs not
         being deleted."""
         live: set[str] = set()
-        for path in self._scopes(JOBS_PATH, PLURAL):
-            items, listed = await self.writer.list_objects(path)
-            for job in items:
-                meta = job["metadata"]
-                key = job_key(meta["namespace"], meta["name"])
-                self.on_job(job)
-                if self.workers.has(key):
-                    if wake_all:
-                        self.workers.wake(key)
-                elif not self.peering:  # its event was lost in a broken watch
-                    self.workers.ensure(key)
-                if not meta.get("deletionTimestamp"):
-                    live.add(meta["uid"])
-            self._forget_missing({j["metadata"]["uid"] for j in items}, int(listed or 0), path)
+        for kind in self.kinds.values():
+            for path in self._scopes(JOBS_PATH, kind.plural):
+                items, listed = await self.writer.list_objects(path)
+                for job in items:
+                    meta = job["metadata"]
+                    key = job_key(meta["namespace"], meta["name"], kind.kind)
+                    self.on_job({**job, "kind": kind.kind})
+                    if self.workers.has(key):
+                        if wake_all:
+                            self.workers.wake(key)
+                    elif not self.peering:  # its event was lost in a broken watch
+                        self.workers.ensure(key)
+                    if not meta.get("deletionTimestamp"):
+                        live.add(meta["uid"])
+                listed_uids = {j["metadata"]["uid"] for j in items}
+                self._forget_missing(listed_uids, int(listed or 0), path, kind.kind)
         return live
 
     def _scopes(self, api: str, resource: str) -> list[str]:
         return [f"{api}/namespaces/{ns}/{resource}" for ns in self.watched] or [f"{api}/{resource}"]
 
     async def sweep_orphans(self) -> int:
-        """Deletes pods and Services made for a TrainingJob that no longer exists (see
+        """Deletes pods and Services made for a job (of any kind) that no longer exists (see
         distml.policies.orphans); returns how many."""
         managed = {"labelSelector": f"{labels.MANAGED_BY}={labels.OPERATOR}"}
         # Pods from the cache (the watch saw each before now); Services, few and small, listed.
@@ -374,8 +379,9 @@ class Operator:
         live = await self._list_jobs(wake_all=False)
         found = [
             o
+            for job_kind in self.kinds
             for kind in ("Pod", "Service")
-            for o in orphans.find((x for k, x in objects if k == kind), KIND, live, kind)
+            for o in orphans.find((x for k, x in objects if k == kind), job_kind, live, kind)
             if not self.terminating(o.namespace)
         ]
         for o in found:
@@ -385,7 +391,7 @@ class Operator:
                 "DELETE", path, {"preconditions": {"uid": o.uid}}
             )
             if code < 300 or code in (404, 409):  # gone already, or replaced by a new one
-                log.warning("deleted orphan %s %s/%s: its TrainingJob (uid %s) is gone",
+                log.warning("deleted orphan %s %s/%s: its job (uid %s) is gone",
                             o.kind, o.namespace, o.name, o.owner_uid)  # fmt: skip
                 metrics.ORPHANS_DELETED.labels(kind=o.kind).inc()
             else:
@@ -393,17 +399,19 @@ class Operator:
                             o.name, code, answer.get("message"))  # fmt: skip
         return len(found)
 
-    def _forget_missing(self, listed: set[str], version: int, path: str) -> None:
+    def _forget_missing(self, listed: set[str], version: int, path: str, kind: str) -> None:
         """Drops the demand of every job a LIST at `version` no longer has, when the demand was
         recorded before it (a job created since is not in the list, yet alive)."""
         scope = path.split("/namespaces/")[1].split("/")[0] if "/namespaces/" in path else None
         for uid, gang in list(self.gangs.items()):
-            if scope is not None and gang.namespace != scope:
+            if (scope is not None and gang.namespace != scope) or self._gang_kinds.get(
+                uid, KIND
+            ) != kind:
                 continue
             if uid not in listed and self._gang_versions.get(uid, 0) <= version:
-                log.warning("forgetting %s: its TrainingJob is gone", gang.title)
+                log.warning("forgetting %s: its %s is gone", gang.title, kind)
                 self._drop_gang(uid)
-                key = job_key(gang.namespace, gang.name)
+                key = job_key(gang.namespace, gang.name, kind)
                 if (self.jobs.get(key) or {}).get("metadata", {}).get("uid") == uid:
                     self.jobs.pop(key, None)  # its worker asks the API next, and stops
                     self.workers.wake(key)
@@ -455,7 +463,8 @@ class Operator:
 
     async def _reconcile(self, key: Key) -> float | None:
         t0 = time.perf_counter()
-        _kind, ns, name = key
+        kind_name, ns, name = key
+        kind = self.kinds[kind_name]
         if self.terminating(ns):
             # Its pods vanish with it: no restarts, no creates, nothing to retry.
             return None
@@ -465,8 +474,9 @@ class Operator:
         for _ in range(2):  # a second pass when the API refused a create: release the gang
             job = self.jobs.get(key)
             if job is None:  # not seen yet (or forgotten): ask
-                job = await self.io(self.kube.get_job, ns, name)
+                job = await self.io(self.kube.get_job, ns, name, kind.plural)
                 if job is not None:
+                    job = {**job, "kind": kind.kind}
                     self.on_job(job)
             if job is None or job["metadata"].get("deletionTimestamp"):
                 self.forget_job(key)
@@ -496,10 +506,10 @@ class Operator:
                 ),
                 disruption=self.disruption,
             )
-            plan = plan_reconcile(world, self.settings)
+            plan = kind.plan(world, self.settings)
             # The decision is assumed in the ledger before anything awaits (see the docstring).
             self._replaced(key, uid)
-            self._set_gang(uid, demand({**job, "status": plan.status}), _version(job))
+            self._set_gang(uid, kind.demand({**job, "status": plan.status}), _version(job))
             refused = await self.apply(job, plan, now)
             requeue = plan.requeue_after
             if not refused:
@@ -554,23 +564,24 @@ class Operator:
         """A merge patch of the status that carries the resourceVersion it was decided from: a
         job changed since (by a user, or by another operator) is a conflict, never overwritten."""
         meta = job["metadata"]
-        path = f"{JOBS_PATH}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}/status"
+        kind = self.kinds[kind_of(job)]
+        key = job_key(meta["namespace"], meta["name"], kind.kind)
+        path = f"{kind.path(meta['namespace'], meta['name'])}/status"
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         code, answer = await self.writer.request("PATCH", path, body)
         if code == 404:  # deleted under the cached copy: the next reconcile finds it gone
-            self.jobs.pop(job_key(meta["namespace"], meta["name"]), None)
+            self.jobs.pop(key, None)
             raise StatusConflict(meta["name"])
         if code == 409:
-            fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"])
+            fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"], kind.plural)
             if fresh is not None:
                 self._gang_versions.pop(meta["uid"], None)
-                self.on_job(fresh)
+                self.on_job({**fresh, "kind": kind.kind})
             raise StatusConflict(meta["name"])
         if code >= 300:
             raise RuntimeError(f"writing the status of {meta['name']}: {code} {answer}")
         self._gang_versions[meta["uid"]] = _version(answer)
-        key = job_key(meta["namespace"], meta["name"])
-        self.jobs[key] = answer
+        self.jobs[key] = {**answer, "kind": kind.kind}
         self._written_at[key] = time.monotonic()
 
     async def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -582,7 +593,7 @@ class Operator:
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
+                "kind": kind_of(job),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],
@@ -612,29 +623,33 @@ class Operator:
         """Record, then act: the new status first, then the creates and deletes it decided, and
         its Events. Returns what the API refused to create."""
         meta = job["metadata"]
-        key = job_key(meta["namespace"], meta["name"])
+        kind = self.kinds[kind_of(job)]
+        key = job_key(meta["namespace"], meta["name"], kind.kind)
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key[1:])
-            await self.io(self.kube.delete_job, *key[1:])
+            await self.io(self.kube.delete_job, *key[1:], kind.plural)
             return []
-        if plan.signals.restarted and await self._namespace_going(meta["namespace"]):
+        if getattr(plan.signals, "restarted", False) and await self._namespace_going(
+            meta["namespace"]
+        ):
             return []  # its pods vanish with the namespace: that is no failure to restart for
-        changed = status_changed(job, plan.status)
-        acts = bool(plan.create or plan.delete or plan.events)
+        changed = kind.status_changed(job, plan.status)
+        acts = bool(plan.create or plan.delete or plan.patch or plan.events)
         since = time.monotonic() - self._written_at.get(key, 0.0)
         if (
             changed
             and not acts
-            and plan.status.get("phase") == "Creating"
+            and kind.counts_only is not None
+            and plan.status.get("phase") == kind.starting_phase
             and since < COUNT_WRITE_SECONDS
-            and only_counts_changed(job, plan.status)
+            and kind.counts_only(job, plan.status)
         ):
             # A gang starting, its counts alone changed: they go out with the next write, at
             # most a second from the last (every pod of a big gang moves them a few times).
             wait = COUNT_WRITE_SECONDS - since
             plan.requeue_after = min(plan.requeue_after or wait, wait)
             changed = False
-        elif changed or plan.create or plan.delete:
+        elif changed or plan.create or plan.delete or plan.patch:
             # Unchanged, the write is a compare-and-swap on the resourceVersion: pods are only
             # created or deleted for the job as it is now, never for a cached copy gone stale.
             await self.write_status(job, plan.status)
@@ -643,6 +658,7 @@ class Operator:
         results = await asyncio.gather(
             *(self.writer.create(o) for o in plan.create),
             *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete),
+            *(self._patch_pod(meta["namespace"], x) for x in plan.patch),
             *(self.post_event(job, e.type, e.reason, e.message) for e in plan.events if changed),
         )
         created = results[: len(plan.create)]
@@ -661,61 +677,34 @@ class Operator:
         )
         if made or plan.delete:
             self.expected[key] = (made, frozenset(d.name for d in plan.delete), time.monotonic())
-        phase = plan.status.get("phase", "")
-        self.phases[key] = phase
-        if phase in ("Queued", "Restarting"):
+        self.phases[key] = plan.status.get("phase") or ""
+        if kind.waits(plan.status):
             self.workers.waiting.add(key)
         else:
             self.workers.waiting.discard(key)
         self._count_phases()
-        self._observe(job, plan, now)
+        kind.observe(job, plan, now)
         return refused
 
-    def _observe(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> None:
-        if plan.signals.started_seconds is not None:
-            created = parse_time(job["metadata"]["creationTimestamp"])
-            assert created is not None  # the API sets it on every object
-            metrics.TIME_TO_RUNNING.observe((now - created).total_seconds())
-        if plan.signals.queue_wait_seconds is not None:
-            metrics.QUEUE_WAIT.observe(plan.signals.queue_wait_seconds)
-        if plan.signals.gang_timeout:
-            metrics.GANG_TIMEOUTS.inc()
-        if plan.signals.resized:
-            metrics.RESIZES.inc()
-        if plan.signals.refused:
-            metrics.CREATES_REFUSED.inc()
-        if plan.signals.disrupted:
-            metrics.RESTARTS_HELD.inc()
-        if plan.signals.preflight_busbw_gbps is not None:
-            meta = job["metadata"]
-            metrics.PREFLIGHT_BUSBW.labels(meta["namespace"], meta["name"]).set(
-                plan.signals.preflight_busbw_gbps
-            )
-        if plan.signals.restarted:
-            reason = next(
-                (
-                    c.get("reason", "")
-                    for c in plan.status.get("conditions", [])
-                    if c["type"] == "Restarting"
-                ),
-                "",
-            )
-            metrics.RESTARTS.labels(reason=reason).inc()
+    async def _patch_pod(self, namespace: str, patch: Any) -> None:
+        """A merge patch of a pod's labels and annotations; a pod gone already is no error."""
+        body = {"metadata": {"labels": patch.labels, "annotations": patch.annotations}}
+        path = f"/api/v1/namespaces/{namespace}/pods/{patch.name}"
+        code, answer = await self.writer.request("PATCH", path, body)
+        if code >= 300 and code != 404:
+            raise RuntimeError(f"patching pod {patch.name}: {code} {answer.get('message')}")
 
     def _count_phases(self) -> None:
-        counts: dict[str, int] = {}
-        for phase in self.phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase in (
-            "Queued",
-            "Creating",
-            "Running",
-            "Restarting",
-            "Succeeded",
-            "Failed",
-            "Suspended",
-        ):
-            metrics.JOBS.labels(phase=phase).set(counts.get(phase, 0))
+        for kind in self.kinds.values():
+            counts = dict.fromkeys(kind.phases, 0)
+            for (k, _, _), phase in self.phases.items():
+                if k == kind.kind and phase in counts:
+                    counts[phase] += 1
+            for phase, n in counts.items():
+                kind.gauge.labels(phase=phase).set(n)
+        serving = [j for (k, _, _), j in self.jobs.items() if k != KIND]
+        for state, n in serving_replica_states(serving).items():
+            metrics.SERVING_REPLICAS.labels(state=state).set(n)
         metrics.GPUS_RESERVED.set(
             sum(g.replicas * g.gpus_per_replica for g in self.gangs.values() if g.admitted)
         )
@@ -738,10 +727,24 @@ def register(op: Operator) -> None:
             followers.append(asyncio.create_task(op.follow(path, version), name=f"follow {path}"))
         followers.append(asyncio.create_task(op.sweep_forever(SWEEP_SECONDS), name="orphans"))
 
-    @kopf.on.event(GROUP, VERSION, PLURAL)
+    for kind in op.kinds.values():
+        kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-events")(
+            _job_events(op, kind.kind)
+        )
+
+    @kopf.on.cleanup()
+    async def stop(**_: Any) -> None:
+        for task in followers:
+            task.cancel()
+        await op.workers.stop()
+        await op.writer.close()
+        op.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _job_events(op: Operator, kind: str) -> Any:
     async def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-        key = job_key(namespace or "", name)
-        body = dict(event["object"])
+        key = job_key(namespace or "", name, kind)
+        body = {**dict(event["object"]), "kind": kind}
         if event["type"] == "DELETED":
             op.on_job(body, deleted=True)
             await op.workers.forget(key)
@@ -753,10 +756,4 @@ def register(op: Operator) -> None:
             op.on_job(body)
             op.workers.ensure(key)
 
-    @kopf.on.cleanup()
-    async def stop(**_: Any) -> None:
-        for task in followers:
-            task.cancel()
-        await op.workers.stop()
-        await op.writer.close()
-        op.pool.shutdown(wait=False, cancel_futures=True)
+    return job_event
