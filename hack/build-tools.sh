@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm; and Debian's prometheus) from the pinned wrapper modules in hack/tools/ into a
-# cache outside the repo, keyed by the wrapper's go.mod and go.sum, and links them at bin/.
+# kube-scheduler, kube-proxy, kubectl, kwok, helm; and Debian's prometheus) from the pinned
+# wrapper modules in hack/tools/ into a cache outside the repo, keyed by the wrapper's go.mod and
+# go.sum, and links them at bin/; installs Debian's nftables when it is missing.
 # A second run, or a fresh clone on the same machine, reuses the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,17 @@ KEY_EXTRA=$helm_ldflags build helm "$helm_ldflags" helm.sh/helm/v3/cmd/helm
 build kube "$kube_ldflags" k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubectl
+# kube-proxy gives process nodes (and this machine, through a router namespace) Services the
+# way a cluster does; its own cache folder, so the binaries above are not built again.
+KEY_EXTRA=kube-proxy build kube "$kube_ldflags" k8s.io/kubernetes/cmd/kube-proxy
+# kube-proxy programs Services with Debian's nft (nftables mode); installed when missing and
+# this is root (process nodes need root anyway).
+if ! command -v nft >/dev/null && [[ $(id -u) == 0 ]]; then
+  echo "installing Debian's nftables (for kube-proxy)" >&2
+  apt-get install -y -q nftables >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nftables >/dev/null
+  }
+fi
 # Prometheus is Debian's own server (the version pinned here), unpacked from its .deb into the
 # cache: no root, no service, nothing installed system-wide.
 prometheus_deb=2.42.0+ds-5+deb12u1

@@ -273,17 +273,22 @@ def test_pod_template_is_validated_by_the_kubernetes_schema(custom, namespace):
     "example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_examples_are_accepted_and_run(cluster, custom, namespace, example):
-    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    doc = yaml.safe_load(example.read_text())
+    name, kind = doc["metadata"]["name"], doc["kind"]
+    plural = {"TrainingJob": "trainingjobs", "ServingJob": "servingjobs"}[kind]
     out = cluster.kubectl("apply", "-n", namespace, "-f", str(example))
-    assert f"trainingjob.distml.io/{name} created" in out
-    st = wait_for(
-        f"{name} taken up by the operator",
-        lambda: jobs.status(custom, namespace, name).get("phase"),
-        timeout=30,
-    )
-    assert st in ("Queued", "Creating", "Running")
-    reason = jobs.status(custom, namespace, name).get("reason")
-    assert reason != "PodPolicyViolation", jobs.status(custom, namespace, name)["message"]
+    assert f"{kind.lower()}.distml.io/{name} created" in out
+
+    def status() -> dict:
+        obj = custom.get_namespaced_custom_object(jobs.GROUP, jobs.VERSION, namespace, plural,
+                                                  name)  # fmt: skip
+        return obj.get("status") or {}
+
+    st = wait_for(f"{name} taken up by the operator", lambda: status().get("phase"), timeout=30)
+    started = {"TrainingJob": ("Queued", "Creating", "Running"),
+               "ServingJob": ("Pending", "Progressing", "Degraded", "Available")}  # fmt: skip
+    assert st in started[kind]
+    assert status().get("reason") != "PodPolicyViolation", status()["message"]
 
 
 def test_operator_metrics_count_what_a_reconcile_did(operator, core, custom, namespace, node_pool):

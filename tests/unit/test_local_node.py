@@ -183,6 +183,30 @@ def test_hosts_file_names_the_pods_a_headless_service_selects():
     # A pod on this node keeps its own names, as kubelet writes them into its hosts.
     local = [pod("w1", "job-1", "proc-node-000", rank="1")]
     assert "job-1.job.team.svc" in pods.hosts_file("proc-node-000", "10.0.0.1", local, [])
+    # A Service with a cluster IP is named by it (kube-proxy takes it from there).
+    clusterip = [service({"job": "a"}, name="web", cluster_ip="10.243.0.9")]
+    assert (
+        "10.243.0.9 web.team.svc.cluster.local web.team.svc"
+        in pods.hosts_file("proc-node-000", "10.0.0.1", [], clusterip).splitlines()
+    )
+
+
+def test_probes_count_like_kubelet():
+    ready = pods.Probe.of({"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1,
+                           "failureThreshold": 2}, {"http": 8000})  # fmt: skip
+    assert ready is not None and (ready.path, ready.port, ready.period) == ("/ready", 8000, 1.0)
+    # The first pass makes it ready; one failure does not take that back, two in a row do.
+    assert [ready.observe(ok) for ok in (False, True, False, True, False, False)] == [
+        False, True, False, False, False, True,
+    ]  # fmt: skip
+    assert ready.verdict is False
+    tcp = pods.Probe.of({"tcpSocket": {"port": 9000}, "successThreshold": 2}, {})
+    assert tcp is not None and tcp.path is None and tcp.port == 9000
+    assert [tcp.observe(True), tcp.observe(True)] == [False, True] and tcp.verdict is True
+    assert pods.Probe.of({"exec": {"command": ["true"]}}, {}) is None  # not run here
+    # A container with a readiness probe is not ready before its first pass.
+    c = ContainerState("server", "img", state="running", probe_ready=False)
+    assert c.status()["ready"] is False and ContainerState("x", "i", state="running").ready
 
 
 def test_node_networks_get_distinct_names_and_addresses(tmp_path):

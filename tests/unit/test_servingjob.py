@@ -314,7 +314,7 @@ def test_the_rendered_replica_runs_the_server_with_truthful_probes():
     meta = {"name": "sj", "namespace": "team", "uid": "u"}
     pod = render_pod(meta, spec, "abc", "sj-abc-0", 1, 0, "n3")
     (c,) = pod["spec"]["containers"]
-    assert c["args"] == ["python", "-m", "distml_runtime.serve"]
+    assert c["command"] == ["python", "-m", "distml_runtime.serve"] and "args" not in c
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     env = {e["name"]: e.get("value") for e in c["env"]}

@@ -23,13 +23,13 @@ from typing import Any
 import yaml
 
 from distml.localcluster import nodes, pki, processes
-from distml.localnode import network
+from distml.localnode import network, proxy
 
 # Stop order: the simulators and controllers first, etcd last.
 STOP_ORDER = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
-SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.64.0.0/12"
 AGENT = "node-agent-"  # pid file names of process-node agents: node-agent-0, ...
+ROUTER_PROXY = "kube-proxy-router"  # pid file name of the Service router's kube-proxy
 
 
 def process_node_name(index: int) -> str:
@@ -199,6 +199,8 @@ class LocalCluster:
             "etcd_peer_port": _free_port(),
             "apiserver_port": _free_port(),
             "fingerprint": config_fingerprint(),
+            # The process nodes' /24, and from it the Service range (network.ClusterNet).
+            "node_subnet": network.free_subnet(network.addresses_in_use()),
         }
         self._state_file.write_text(json.dumps(state))
         self._write_kubeconfig(state["apiserver_port"])
@@ -239,7 +241,7 @@ class LocalCluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={k / 'sa.pub'}",
                 f"--service-account-signing-key-file={k / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.node_network().service_cidr}",
                 "--authorization-mode=Node,RBAC",
                 # Process nodes serve logs with certs from this CA (kubectl logs goes through it).
                 f"--kubelet-certificate-authority={k / 'ca.crt'}",
@@ -413,11 +415,14 @@ class LocalCluster:
             network.teardown(net.node(index))
             self.kubectl("delete", "node", process_node_name(index), "--ignore-not-found")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        kube_proxy = self._kube_proxy(count)
         changed = 0
         for index in range(count):
             argv = [sys.executable, "-m", "distml.localnode", f"--index={index}",
                     f"--gpus={gpus}", f"--cluster-root={self.root}",
                     f"--subnet={net.subnet}"]  # fmt: skip
+            if kube_proxy:
+                argv.append(f"--kube-proxy={kube_proxy}")
             if rate:
                 argv.append(f"--rate={rate}")
             if index in running:
@@ -432,8 +437,36 @@ class LocalCluster:
             lambda: self._ready_count("process") >= count,
             timeout,
         )
+        self._router(net, kube_proxy)
         if changed or count != len(running):
             _say(f"{count} process nodes Ready (pods run as processes; logs in {self.logs})")
+
+    def _kube_proxy(self, count: int) -> str:
+        """The kube-proxy binary for Services on process nodes; "" when there are none, or it
+        cannot run here (then pods reach each other by name and address only)."""
+        binary = str(self.bin_dir / "kube-proxy")
+        if not count:
+            return ""
+        if why := proxy.available(binary):
+            _say(f"no Service routing on process nodes: {why}")
+            return ""
+        return binary
+
+    def _router(self, net: network.ClusterNet, binary: str) -> None:
+        """Services for this machine: the router namespace and its kube-proxy (each node's
+        agent runs its own), or neither when `binary` is "". Started once the nodes are Ready:
+        kube-proxy waits 30 s for the Node it is named after before it programs anything, and
+        the router's is named after node 0 (it has none of its own)."""
+        if not binary:
+            processes.stop_all(self._pids, [], only=ROUTER_PROXY)
+            if os.geteuid() == 0:
+                network.teardown_router(net)
+            return
+        router = network.setup_router(net)
+        if processes.running_pid(self._pids / f"{ROUTER_PROXY}.pid") is None:
+            argv, env = proxy.command(binary, str(self.kubeconfig), process_node_name(0),
+                                      router, self.root, router=True)  # fmt: skip
+            processes.start(ROUTER_PROXY, argv, self._pids, self.logs, env=env)
 
     def _ready_count(self, kind: str = "kwok") -> int:
         out = self.kubectl(

@@ -14,7 +14,7 @@ from kubernetes import config
 
 from distml.kube import AsyncWriter
 from distml.localcluster import pki
-from distml.localnode import agent, network, pods
+from distml.localnode import agent, network, pods, proxy
 
 
 def image_contracts(repo: Path) -> dict[str, pods.ImageContract]:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     ap.add_argument("--cluster-root", type=Path, default=Path(".cluster"))
     ap.add_argument("--subnet", default="10.242.0.0/24", help="the cluster's node network (/24)")
+    ap.add_argument("--kube-proxy", default="", help="kube-proxy binary to run in the node")
     args = ap.parse_args(argv)
     why = network.available()
     if why:
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     tls = pki.write_serving_cert(root / "pki", name, net.address)
     repo = Path(os.environ.get("DISTML_REPO", Path.cwd()))
     api = config.new_client_from_config(config_file=args.kubeconfig)
+    kube_proxy = None
+    if args.kube_proxy:
+        if why := proxy.available(args.kube_proxy):
+            print(f"distml.localnode: no Services on this node: {why}", file=sys.stderr)
+        else:
+            kube_proxy = proxy.command(args.kube_proxy, args.kubeconfig, name, net, root / "nodes"
+                                       / name, router=False)  # fmt: skip
     node_agent = agent.NodeAgent(
         kube=AsyncWriter(api),
         node=node,
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         venv_bin=Path(sys.executable).parent,
         tls=tls,
         targets_file=root / "prometheus" / "targets" / f"{name}.json",
+        kube_proxy=kube_proxy,
     )
     asyncio.run(node_agent.run())
     return 0

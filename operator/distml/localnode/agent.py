@@ -28,13 +28,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from distml import labels, podstate
 from distml.informer import Informer
 from distml.kube import AsyncWriter, Obj
 from distml.localcluster import nodes
-from distml.localnode import network, pods
+from distml.localnode import network, pods, proxy
 from distml.localnode.pods import ContainerState
 
 KUBELET_PORT = 10250
@@ -76,6 +77,25 @@ def listen_in_netns(netns: str, port: int) -> socket.socket:
     if isinstance(out[0], Exception):
         raise out[0]
     return out[0]
+
+
+async def probe_once(address: str, probe: pods.Probe) -> bool:
+    """One try of an httpGet (a 2xx or 3xx passes) or tcpSocket probe, within its timeout."""
+    try:
+        if probe.path is None:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, probe.port), probe.timeout
+            )
+            writer.close()
+            return True
+        timeout = aiohttp.ClientTimeout(total=probe.timeout)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"http://{address}:{probe.port}{probe.path}") as resp,
+        ):
+            return 200 <= resp.status < 400
+    except (OSError, TimeoutError, aiohttp.ClientError):
+        return False
 
 
 class PodRunner:
@@ -207,9 +227,20 @@ class PodRunner:
         self.procs[container["name"]] = proc
         state.state, state.reason, state.message = "running", "", ""
         state.started_at, state.exit_code = _now(), None
+        ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or []
+                 if p.get("name")}  # fmt: skip
+        readiness = pods.Probe.of(container.get("readinessProbe"), ports)
+        liveness = pods.Probe.of(container.get("livenessProbe"), ports)
+        startup = pods.Probe.of(container.get("startupProbe"), ports)
+        state.probe_ready = False if readiness else None
         _log(f"pod {'/'.join(self.key)} container {container['name']} started (pid {proc.pid})")
         await self.push()
+        probing = asyncio.create_task(
+            self._probes(container["name"], state, proc, startup, readiness, liveness)
+        )
         rc = await proc.wait()
+        probing.cancel()
+        state.probe_ready = None if readiness is None else False
         self.procs.pop(container["name"], None)
         code = pods.exit_code(rc)
         policy = container.get("terminationMessagePolicy", "File")
@@ -224,6 +255,58 @@ class PodRunner:
         state.message = pods.termination_message(written, tail, policy, code)
         _log(f"pod {'/'.join(self.key)} container {container['name']} exited {code}")
         await self.push()
+
+    async def _probes(
+        self,
+        name: str,
+        state: ContainerState,
+        proc: asyncio.subprocess.Process,
+        startup: pods.Probe | None,
+        readiness: pods.Probe | None,
+        liveness: pods.Probe | None,
+    ) -> None:
+        """kubelet's probes for one container while it runs: the startup probe first (the
+        others wait for it to pass; failing, it kills the container), then readiness (its
+        verdict goes into the pod's status) and liveness (failing, it kills the container)."""
+        if startup is not None and not await self._probe(name, state, proc, startup, "startup"):
+            return
+        await asyncio.gather(
+            *(self._probe(name, state, proc, probe, kind)
+              for probe, kind in ((readiness, "readiness"), (liveness, "liveness")) if probe)
+        )  # fmt: skip
+
+    async def _probe(self, name: str, state: ContainerState, proc: asyncio.subprocess.Process,
+                     probe: pods.Probe, kind: str) -> bool:  # fmt: skip
+        """Runs one probe for as long as the container runs (a startup probe: until it
+        passes); False when it failed and killed the container."""
+        where = f"pod {'/'.join(self.key)} container {name}"
+        await asyncio.sleep(probe.initial_delay)
+        while proc.returncode is None:
+            passed = await probe_once(self.agent.net.address, probe)
+            if probe.observe(passed):
+                if kind == "readiness":
+                    state.probe_ready = probe.verdict
+                    _log(f"{where} {'ready' if probe.verdict else 'not ready'}")
+                    await self.push()
+                elif kind == "startup" and probe.verdict:
+                    _log(f"{where} started (its startup probe passed)")
+                    return True
+                elif probe.verdict is False:
+                    _log(f"{where} failed its {kind} probe: killing it")
+                    await self._kill(proc)
+                    return False
+            await asyncio.sleep(probe.period)
+        return False
+
+    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
+        """As kubelet kills a container: SIGTERM, SIGKILL after the pod's grace period."""
+        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), timeout=grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     async def lost(self) -> None:
         for state in [*self.inits, *self.mains]:
@@ -261,6 +344,7 @@ class NodeAgent:
         venv_bin: Path,
         tls: tuple[Path, Path] | None = None,
         targets_file: Path | None = None,
+        kube_proxy: tuple[list[str], dict[str, str]] | None = None,
     ) -> None:
         self.kube = kube
         self.node = node
@@ -272,6 +356,7 @@ class NodeAgent:
         self.venv_bin = venv_bin
         self.tls = tls
         self.targets_file = targets_file
+        self.kube_proxy = kube_proxy  # its command line and environment (distml.localnode.proxy)
         self._targets = ""
         self.gpus = int(node["status"]["capacity"].get(labels.GPU, 0))
         self.free_gpus = list(range(self.gpus))
@@ -562,11 +647,23 @@ class NodeAgent:
                 self.reconcile_loop(),
             )
         ]
+        proxy_stop = asyncio.Event()
+        proxied = (
+            asyncio.create_task(
+                proxy.supervise(*self.kube_proxy, self.root / "kube-proxy.log", proxy_stop)
+            )
+            if self.kube_proxy
+            else None
+        )
         await stop.wait()
         _log(f"stopping: ending {len(self.runners)} pods' processes")
+        proxy_stop.set()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*(r.stop(5.0) for r in self.runners.values()))
+        if proxied is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proxied, timeout=10)
         await logs.cleanup()
         await self.kube.close()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 SUBNETS = ipaddress.ip_network("10.242.0.0/16")  # each cluster takes one free /24 of these
 FIRST_NODE = 10  # node i gets .10+i
+ROUTER = 2  # the Service router's namespace gets .2 (the bridge, this machine's end, has .1)
 HOSTS_DIR = Path("/etc/netns")
 _RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit)$")
 _RATE_BITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
@@ -57,6 +58,26 @@ class ClusterNet:
     @property
     def gateway(self) -> str:
         return f"{ipaddress.ip_network(self.subnet).network_address + 1}/24"
+
+    @property
+    def service_cidr(self) -> str:
+        """The cluster's Service IPs: 10.243.N.0/24 for nodes on 10.242.N.0/24, so two clusters
+        on one machine route their Services each to its own router."""
+        net = ipaddress.ip_network(self.subnet)
+        return str(ipaddress.ip_network((int(net.network_address) + (1 << 16), 24)))
+
+    @property
+    def router(self) -> NodeNet:
+        """The namespace that takes this machine's packets for Service IPs: kube-proxy runs in
+        it (as on a node), and this machine routes the Service range through it."""
+        net = ipaddress.ip_network(self.subnet)
+        return NodeNet(
+            index=-1,
+            netns=f"{self.netns_prefix}svc",
+            host_veth=f"dml{self.id}s",
+            address=str(net.network_address + ROUTER),
+            cluster=self,
+        )
 
     def node(self, index: int) -> NodeNet:
         net = ipaddress.ip_network(self.subnet)
@@ -176,6 +197,16 @@ def setup(net: NodeNet, rate: str | None = None) -> None:
     shape(net, rate)
 
 
+def setup_router(cluster: ClusterNet) -> NodeNet:
+    """The Service router: a namespace on the bridge that forwards, and a route for the
+    cluster's Service range through it from this machine. Idempotent."""
+    router = cluster.router
+    setup(router)
+    _run("ip", "netns", "exec", router.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    _run("ip", "route", "replace", cluster.service_cidr, "via", router.address)
+    return router
+
+
 def shape(net: NodeNet, rate: str | None) -> None:
     """Limits the node's link to `rate` both ways (None: as fast as the veth goes)."""
     # Out of the node (its eth0, inside its namespace) and into it (the bridge's end).
@@ -223,5 +254,16 @@ def teardown_all(cluster: ClusterNet) -> list[str]:
     ]  # fmt: skip
     for name in names:
         teardown(cluster.node(int(name[len(prefix) :])))
+    if teardown_router(cluster):
+        names.append(cluster.router.netns)
     _run("ip", "link", "del", cluster.bridge, check=False)
     return names
+
+
+def teardown_router(cluster: ClusterNet) -> bool:
+    """Removes the Service router and its route; whether there was one."""
+    if cluster.router.netns not in _run("ip", "netns", "list", check=False).stdout.split():
+        return False
+    _run("ip", "route", "del", cluster.service_cidr, check=False)
+    teardown(cluster.router)
+    return True

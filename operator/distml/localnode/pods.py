@@ -167,6 +167,12 @@ class ContainerState:
     finished_at: str | None = None
     restarts: int = 0
     last: Obj = field(default_factory=dict)
+    # Its readiness probe's verdict: None without a probe (ready while running).
+    probe_ready: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.probe_ready is not False
 
     def status(self) -> Obj:
         if self.state == "running":
@@ -190,10 +196,60 @@ class ContainerState:
             "imageID": "",
             "state": state,
             "lastState": self.last,
-            "ready": self.state == "running",
+            "ready": self.ready,
             "restartCount": self.restarts,
             "started": self.state == "running",
         }
+
+
+@dataclass
+class Probe:
+    """kubelet's counting for one probe (httpGet or tcpSocket): a verdict changes after
+    `successThreshold` passes or `failureThreshold` failures in a row; before its first verdict
+    a readiness probe says not ready, a liveness probe says alive."""
+
+    path: str | None  # httpGet path; None for tcpSocket
+    port: int
+    period: float = 10.0
+    timeout: float = 1.0
+    initial_delay: float = 0.0
+    failures_needed: int = 3
+    successes_needed: int = 1
+    verdict: bool | None = None
+    _streak: int = 0  # > 0: passes in a row, < 0: failures in a row
+
+    @classmethod
+    def of(cls, probe: Obj | None, ports: dict[str, int]) -> Probe | None:
+        """From a container's probe spec; None when it has none or one this node cannot run
+        (exec, grpc). A named port is looked up in the container's ports."""
+        if not probe:
+            return None
+        action = probe.get("httpGet") or probe.get("tcpSocket")
+        if not action:
+            return None
+        port = action.get("port")
+        number = ports.get(port, 0) if isinstance(port, str) and not port.isdigit() else int(port)
+        return cls(
+            path=(action.get("path") or "/") if "httpGet" in probe else None,
+            port=number,
+            period=float(probe.get("periodSeconds", 10)),
+            timeout=float(probe.get("timeoutSeconds", 1)),
+            initial_delay=float(probe.get("initialDelaySeconds", 0)),
+            failures_needed=int(probe.get("failureThreshold", 3)),
+            successes_needed=int(probe.get("successThreshold", 1)),
+        )
+
+    def observe(self, passed: bool) -> bool:
+        """Counts one result; True when the verdict changed."""
+        if passed:
+            self._streak = self._streak + 1 if self._streak > 0 else 1
+            flips = self.verdict is not True and self._streak >= self.successes_needed
+        else:
+            self._streak = self._streak - 1 if self._streak < 0 else -1
+            flips = self.verdict is not False and -self._streak >= self.failures_needed
+        if flips:
+            self.verdict = passed
+        return flips
 
 
 def exit_code(returncode: int) -> int:
@@ -239,7 +295,7 @@ def pod_status(
 ) -> Obj:
     ph = phase(inits, mains, restart_policy)
     initialized = all(c.state == "terminated" and c.exit_code == 0 for c in inits)
-    ready = ph == "Running" and all(c.state == "running" for c in mains)
+    ready = ph == "Running" and all(c.ready for c in mains)
     reason = "PodCompleted" if ph in ("Succeeded", "Failed") else "ContainersNotReady"
     return {
         "phase": ph,
@@ -300,6 +356,14 @@ def hosts_file(node_name: str, node_ip: str, pods: Iterable[Obj], services: Iter
         base = f"{host}.{sub}.{ns}.svc"
         names = [f"{base}.cluster.local", base, *([host] if here else [])]
         lines.append(f"{ip} {' '.join(names)}")
+    # A Service with a cluster IP is named by it, as cluster DNS does; kube-proxy in the node's
+    # namespace takes what is sent there to a ready endpoint.
+    for svc in sorted(by_name.values(), key=lambda s: (s["metadata"]["namespace"],
+                                                        s["metadata"]["name"])):  # fmt: skip
+        ip = (svc.get("spec") or {}).get("clusterIP")
+        if ip and ip != "None":
+            base = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+            lines.append(f"{ip} {base}.cluster.local {base}")
     lines.append(f"{node_ip} {node_name}")
     # c10d's dual-stack server sees peers as IPv4-mapped IPv6 addresses and looks their names up;
     # without these lines each lookup misses and warns.

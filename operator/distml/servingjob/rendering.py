@@ -21,6 +21,7 @@ from distml.api.serving import MODEL_MOUNT, ServingJobSpec
 
 Obj = dict[str, Any]
 SERVER_CONTAINER = "server"
+SERVER_COMMAND = ("python", "-m", "distml_runtime.serve")
 MODEL_VOLUME = "model"
 # The server's own drain after SIGTERM: the operator drains a replica (out of the Service for
 # drainSeconds) before it deletes it; this covers pods deleted by someone else (kubectl, an
@@ -116,17 +117,17 @@ def template(spec: ServingJobSpec, image: str) -> Obj:
     pod_spec = tpl.setdefault("spec", {})
     containers = pod_spec.setdefault("containers", [])
     if not containers:
-        containers.append(
-            {
-                "name": SERVER_CONTAINER,
-                "image": image,
-                "args": ["python", "-m", "distml_runtime.serve"],
-            }
-        )
+        containers.append({"name": SERVER_CONTAINER, "image": image})
     server = containers[0]
+    if not server.get("command") and not server.get("args"):
+        # The command, not args: the runtime image's entrypoint is the training launcher.
+        server["command"] = list(SERVER_COMMAND)
     ports = server.setdefault("ports", [])
     if not any(p.get("containerPort") == spec.port for p in ports):
         ports.append({"name": "http", "containerPort": spec.port, "protocol": "TCP"})
+    # Liveness waits for the server to listen (loading torch takes a while): a startup probe
+    # of up to 10 minutes. Readiness is the protocol's own: the model loaded and warmed up.
+    server.setdefault("startupProbe", _probe("/v2/health/live", spec.port, 1, 600))
     server.setdefault("readinessProbe", _probe("/v2/health/ready", spec.port, 1, 2))
     server.setdefault("livenessProbe", _probe("/v2/health/live", spec.port, 5, 3))
     _, volume = _model_source(spec)

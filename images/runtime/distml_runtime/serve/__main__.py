@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
                     default=float(_env("DISTML_DRAIN_SECONDS", d.drain_seconds)),
                     help="after SIGTERM: not ready, still answering, this long")  # fmt: skip
     ap.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    ap.add_argument("--demo-hidden", type=int, default=d.demo_hidden,
+                    help="width of the built-in model's hidden layers")  # fmt: skip
     ap.add_argument("--stuck-seconds", type=float, default=d.stuck_seconds,
                     help="a forward pass longer than this makes the server not ready")  # fmt: skip
     return ap
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_seconds=args.drain_seconds,
         max_request_bytes=args.max_request_bytes,
         stuck_seconds=args.stuck_seconds,
+        demo_hidden=args.demo_hidden,
     )
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.metrics_port:

@@ -6,8 +6,9 @@ readiness that tells the truth.
   for a checkpoint to appear, not while a forward pass has hung for `stuck_seconds` (then the
   liveness probe fails too, at twice that), and not once it drains.
 - Draining (SIGTERM): not ready at once, so the endpoints drop it, while it keeps answering for
-  `drain_seconds` (endpoint updates take a moment to reach every client); then it stops taking
-  connections, finishes what is in flight, and exits 0.
+  `drain_seconds` (endpoint updates take a moment to reach every client), each answer closing
+  its connection (a client's next request opens a new one, through the Service, elsewhere);
+  then it stops taking connections, finishes what is in flight, and exits 0.
 - A body longer than `max_request_bytes` is refused with 413 before it is read.
 """
 
@@ -47,6 +48,7 @@ class Config:
     drain_seconds: float = 5.0
     max_request_bytes: int = 8 << 20
     stuck_seconds: float = 10.0
+    demo_hidden: int = 128  # the built-in model's width (benchmarks make it costlier)
 
 
 def _json(code: int, doc: dict[str, Any]) -> web.Response:
@@ -94,10 +96,11 @@ class Server:
         from distml_runtime.train.ddp import build_model
 
         torch.manual_seed(0)
-        model = build_model()
         if not self.config.checkpoint_dir:
+            model = build_model(self.config.demo_hidden)
             self.source = "the built-in demo model (untrained, seeded)"
             return model
+        model = build_model()
         folder = Path(self.config.checkpoint_dir)
         while (latest := checkpoint.newest(folder)) is None:
             self.reason = f"waiting for a checkpoint in {folder}"
@@ -224,6 +227,11 @@ class Server:
             telemetry.REQUESTS.labels(code=str(response.status)).inc()
             if response.status == 200:
                 telemetry.REQUEST_SECONDS.observe(time.perf_counter() - t0)
+        if self.state == "draining":
+            # A kept-alive connection would go on bringing requests here, past the Service:
+            # the client opens a new one for its next request, and the Service sends that to
+            # a replica that stays.
+            response.force_close()
         return response
 
     def app(self) -> web.Application:

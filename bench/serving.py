@@ -1,0 +1,318 @@
+"""Benchmark: the serving server's dynamic batching, and a ServingJob's rolling update under load.
+
+    make bench-serving                # both; the rollout on its own cluster
+    python bench/serving.py batching
+    python bench/serving.py rollout --namespace default --name ddp-digits   # a running one
+
+1. Batching: two servers on this machine, one batching (--max-batch-size 32,
+   --max-queue-delay-ms 5) and one not (--max-batch-size 1), with the built-in model made wider
+   (--demo-hidden) so a forward pass costs what a real model's does. Closed-loop clients
+   (tritonclient's asyncio client, binary tensors) at 1, 2, 4, ... 64 at once, a few seconds
+   each: requests/s, p50 and p99 at each. The figure: the most requests/s each server serves
+   with p99 within the same latency budget, and their ratio (target >= 3x).
+2. Rollout: a ServingJob of 2 replicas on 3 process nodes (real servers, the real kube-proxy),
+   CLIENTS concurrent clients through its ClusterIP while its template changes: requests
+   served and failed (target 0), p50/p99 before, during and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_MS = 50.0
+CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def rows(n: int) -> np.ndarray:
+    return np.random.default_rng(0).random((n, 64), dtype=np.float32)
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+Result = tuple[float, float, str]  # start time, latency, error or ""
+
+
+async def closed_loop(
+    url: str, clients: int, seconds: float = 0.0, stop: asyncio.Event | None = None
+) -> list[Result]:
+    """`clients` clients, each sending its next request when the last is answered, for
+    `seconds` (or until `stop` is set): (start time, latency, error or "") of every request."""
+    data = rows(1)
+    results: list[tuple[float, float, str]] = []
+    deadline = time.monotonic() + seconds if seconds else float("inf")
+
+    def going() -> bool:
+        return time.monotonic() < deadline and not (stop is not None and stop.is_set())
+
+    async def one() -> None:
+        client = triton_aio.InferenceServerClient(url, conn_limit=1, conn_timeout=10)
+        inp = triton.InferInput("input", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data, binary_data=True)
+        try:
+            while going():
+                t0 = time.monotonic()
+                err = ""
+                try:
+                    await client.infer("digits", [inp])
+                except Exception as e:  # every failure counts
+                    err = f"{type(e).__name__}: {e}"[:160]
+                results.append((t0, time.monotonic() - t0, err))
+        finally:
+            await client.close()
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return results
+
+
+def summary(results: list[tuple[float, float, str]], seconds: float | None = None) -> dict:
+    ok = sorted(r[1] for r in results if not r[2])
+    span = seconds or ((max(r[0] for r in results) - min(r[0] for r in results)) if results
+                       else 0)  # fmt: skip
+    return {
+        "requests": len(results),
+        "failed": sum(1 for r in results if r[2]),
+        "rps": len(ok) / span if span else 0.0,
+        "p50_ms": statistics.median(ok) * 1e3 if ok else float("nan"),
+        "p99_ms": ok[min(len(ok) - 1, int(len(ok) * 0.99))] * 1e3 if ok else float("nan"),
+    }
+
+
+# --- 1. batching ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(max_batch: int, hidden: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distml_runtime.serve", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "0", "--max-batch-size", str(max_batch), "--max-queue-delay-ms", "5",
+         "--demo-hidden", str(hidden)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"127.0.0.1:{port}"
+    client = triton.InferenceServerClient(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready():
+                return proc, url
+        except Exception:  # not listening yet
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("the server did not get ready")
+
+
+def bench_batching(args: argparse.Namespace) -> float:
+    say(f"1. dynamic batching: built-in model with {args.hidden}-wide layers, p99 budget "
+        f"{BUDGET_MS:.0f} ms, {args.seconds:.0f}s per level")  # fmt: skip
+    best: dict[str, float] = {}
+    for label, max_batch in (("batched (max 32)", 32), ("unbatched (max 1)", 1)):
+        proc, url = start_server(max_batch, args.hidden)
+        try:
+            asyncio.run(closed_loop(url, 4, 1.0))  # warm up
+            say(f"  {label}")
+            say(f"    {'clients':>8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+            best[label] = 0.0
+            for c in CONCURRENCY:
+                s = summary(asyncio.run(closed_loop(url, c, args.seconds)), args.seconds)
+                within = s["p99_ms"] <= BUDGET_MS
+                say(f"    {c:>8} {s['rps']:>9.0f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f}"
+                    f"{'' if within else '   over budget'}")  # fmt: skip
+                if within:
+                    best[label] = max(best[label], s["rps"])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    batched, unbatched = best["batched (max 32)"], best["unbatched (max 1)"]
+    ratio = batched / unbatched if unbatched else float("inf")
+    say(f"  within p99 <= {BUDGET_MS:.0f} ms: batched {batched:.0f} req/s, unbatched "
+        f"{unbatched:.0f} req/s: {ratio:.2f}x (target >= 3x)")  # fmt: skip
+    return ratio
+
+
+# --- 2. rollout ----------------------------------------------------------------------------------
+
+
+def rollout(namespace: str, name: str, clients: int, kubeconfig: str | None = None,
+            mark: str | None = None) -> dict:  # fmt: skip
+    """Changes the ServingJob's template (an env var) under load; returns the figures."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=kubeconfig)
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    group = ("distml.io", "v1alpha1", namespace, "servingjobs", name)
+
+    def status() -> dict:
+        return custom.get_namespaced_custom_object(*group).get("status") or {}
+
+    def settled(st: dict) -> bool:
+        return (st.get("phase") == "Available" and st.get("currentRevision") == st.get(
+            "updateRevision") and all(r["state"] == "Ready" and r["revision"] == st[
+            "updateRevision"] for r in st.get("replicaStatus", [])))  # fmt: skip
+
+    job = custom.get_namespaced_custom_object(*group)
+    before_rev = status().get("currentRevision")
+    ip = core.read_namespaced_service(name, namespace).spec.cluster_ip
+    url = f"{ip}:{job['spec'].get('port', 8000)}"
+    template = job["spec"].get("template") or {}
+    spec = template.setdefault("spec", {})
+    if not spec.get("containers"):
+        spec["containers"] = [{"name": "server", "image": "distml-runtime:0.1.0",
+                               "command": ["python", "-m", "distml_runtime.serve"]}]  # fmt: skip
+    env = [e for e in spec["containers"][0].get("env") or [] if e["name"] != "DEPLOYED"]
+    spec["containers"][0]["env"] = [*env, {"name": "DEPLOYED", "value": mark or str(time.time())}]
+
+    marks: dict[str, float] = {}
+
+    async def run() -> list[tuple[float, float, str]]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(closed_loop(url, clients, stop=stop))
+        await asyncio.sleep(5)
+        marks["change"] = time.monotonic()
+        await asyncio.to_thread(custom.patch_namespaced_custom_object, *group,
+                                {"spec": {"template": template}})  # fmt: skip
+        while True:
+            await asyncio.sleep(0.5)
+            st = await asyncio.to_thread(status)
+            if settled(st) and st.get("currentRevision") != before_rev:
+                break
+            if time.monotonic() - marks["change"] > 600:
+                stop.set()
+                raise TimeoutError(f"the rollout did not complete: {st.get('message')}")
+        marks["done"] = time.monotonic()
+        await asyncio.sleep(5)
+        stop.set()
+        return await load
+
+    results = asyncio.run(run())
+    t_change, t_done = marks["change"], marks["done"]
+    parts = {
+        "before": summary([r for r in results if r[0] < t_change]),
+        "during": summary([r for r in results if t_change <= r[0] < t_done]),
+        "after": summary([r for r in results if r[0] >= t_done]),
+    }
+    failed = [r[2] for r in results if r[2]]
+    out = {"seconds": t_done - t_change, "requests": len(results), "failed": len(failed),
+           "errors": sorted(set(failed))[:5], **parts}  # fmt: skip
+    st = status()
+    say(
+        f"  rollout {before_rev} -> {st.get('currentRevision')} in {out['seconds']:.0f}s under "
+        f"{clients} clients: {len(results)} requests, {len(failed)} failed (target 0)"
+    )
+    for part in ("before", "during", "after"):
+        s = parts[part]
+        say(f"    {part:<7} {s['requests']:>6} requests  {s['rps']:>6.0f} req/s  p50 "
+            f"{s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:6.1f} ms")  # fmt: skip
+    if failed:
+        say(f"    errors: {out['errors']}")
+    return out
+
+
+def bench_rollout(args: argparse.Namespace) -> dict:
+    """Its own cluster with 3 process nodes; a ServingJob of 2 replicas (a node each), rolled."""
+    from kubernetes import client, config
+
+    from distml.api.serving import serving_job_manifest
+    from distml.localcluster.cluster import LocalCluster
+    from distml.localcluster.nodes import ClusterShape, NodeShape
+
+    say(f"2. rolling update under load: 2 replicas on 3 process nodes, {args.clients} clients")
+    cluster = LocalCluster(root=REPO / ".cluster-bench-serving", bin_dir=REPO / "bin")
+    cluster.up(ClusterShape(nodes=0), NodeShape(), timeout=300)
+    try:
+        cluster.apply_crds(REPO / "crds")
+        cluster.sync_process_nodes(3, gpus=2)
+        cluster.start_operator(free_port())
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        custom = client.CustomObjectsApi(api)
+        template = {
+            "spec": {
+                "nodeSelector": {"distml.io/simulated-node": "process"},
+                "containers": [
+                    {
+                        "name": "server",
+                        "image": "distml-runtime:0.1.0",
+                        "command": ["python", "-m", "distml_runtime.serve"],
+                    }
+                ],
+            }
+        }
+        body = serving_job_manifest(
+            "digits", 2, gpusPerReplica=2, template=template,
+            rollout={"maxSurge": 1, "maxUnavailable": 0, "drainSeconds": 2},
+        )  # fmt: skip
+        custom.create_namespaced_custom_object("distml.io", "v1alpha1", "default",
+                                               "servingjobs", body)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            st = (
+                custom.get_namespaced_custom_object(
+                    "distml.io", "v1alpha1", "default", "servingjobs", "digits"
+                ).get("status")
+                or {}
+            )
+            if st.get("phase") == "Available" and st.get("readyReplicas") == 2:
+                break
+            time.sleep(1)
+        else:
+            raise TimeoutError(f"the ServingJob did not get Available: {st}")
+        return rollout("default", "digits", args.clients, str(cluster.kubeconfig))
+    finally:
+        cluster.down()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("what", nargs="?", choices=["all", "batching", "rollout"], default="all")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
+    ap.add_argument("--hidden", type=int, default=1024, help="the built-in model's width")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--namespace", help="rollout: of this running ServingJob (no own cluster)")
+    ap.add_argument("--name")
+    ap.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    args = ap.parse_args()
+    figures: dict = {}
+    if args.what in ("all", "batching"):
+        figures["batching_ratio"] = bench_batching(args)
+    if args.what in ("all", "rollout"):
+        if args.name:
+            figures["rollout"] = rollout(args.namespace or "default", args.name, args.clients,
+                                         args.kubeconfig)  # fmt: skip
+        else:
+            figures["rollout"] = bench_rollout(args)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
