@@ -90,5 +90,8 @@ bench-startup: venv tools ## apply -> Running for a 64-pod job vs direct pod cre
 bench-client: venv tools ## the operator's client vs kubernetes.aio: a 64-pod gang of creates, a LIST of 2000 pods
 	@$(PY) bench/client.py
 
+bench-serving: venv tools ## dynamic batching vs maxBatchSize 1 at one p99 budget; a ServingJob rollout under load (3 process nodes)
+	@$(PY) bench/serving.py
+
 repeat-test: venv ## one test N times in a row: make repeat-test TEST=tests/runtime/test_ddp.py::test_loss_goes_down_with_two_ranks N=50
 	@bash hack/repeat-test.sh "$(TEST)" "$(or $(N),50)"

@@ -293,7 +293,7 @@ def main() -> int:
     )
     ap.add_argument("what", nargs="?", choices=["all", "batching", "rollout"], default="all")
     ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
-    ap.add_argument("--hidden", type=int, default=1024, help="the built-in model's width")
+    ap.add_argument("--hidden", type=int, default=4096, help="the built-in model's width")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--namespace", help="rollout: of this running ServingJob (no own cluster)")
     ap.add_argument("--name")
