@@ -219,6 +219,25 @@ def test_serving_and_training_draw_from_one_gpu_ledger(core, custom, namespace, 
                 available(3))  # fmt: skip
 
 
+def test_a_service_name_taken_by_someone_else_is_reported_until_it_is_free(
+    api, core, custom, namespace, node_pool
+):
+    sel, _ = node_pool(1)
+    theirs = {"metadata": {"name": "digits"}, "spec": {"ports": [{"port": 80}],
+                                                       "selector": {"a": "b"}}}  # fmt: skip
+    core.create_namespaced_service(namespace, theirs)
+    create(custom, namespace, serving_job("digits", 1, sel))
+    st = wait_status(custom, namespace, "digits", "CreateRefused",
+                     lambda s: s.get("reason") == "CreateRefused")  # fmt: skip
+    assert "Service digits already exists and is not owned by this job" in st["message"]
+    assert st["phase"] == "Degraded"
+    assert core.read_namespaced_service("digits", namespace).spec.selector == {"a": "b"}
+    core.delete_namespaced_service("digits", namespace)
+    wait_status(custom, namespace, "digits", "Available once the name is free", available(1))
+    svc = core.read_namespaced_service("digits", namespace)
+    assert svc.metadata.owner_references[0].kind == "ServingJob"
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [

@@ -347,3 +347,17 @@ def test_a_failed_placement_keeps_the_queue_time():
     plan = Sim(job, [make_node("n0", 8)]).step()
     assert plan.create == [] and plan.status["queuedTime"] == stamp(0)
     assert "largest node has 8" in plan.status["message"]
+
+
+def test_a_refused_service_is_said_and_tried_again_until_it_is_accepted():
+    sim = Sim(serving_job(1), [make_node("n0", 8)])
+    sim.run(available)
+    world = sim.world()
+    world.refused = ["Service sj already exists and is not owned by this job"]
+    plan = plan_reconcile(world, SETTINGS)
+    assert plan.status["reason"] == "CreateRefused" and plan.status["phase"] == "Degraded"
+    assert "Service sj already exists" in plan.status["message"]
+    assert [o["kind"] for o in plan.create] == ["Service"]  # tried again, pods left alone
+    assert plan.requeue_after == 10.0
+    sim.job["status"] = plan.status
+    assert available(sim.step())  # accepted: no refusal carried, nothing to say

@@ -619,6 +619,11 @@ class Operator:
             log.warning("event %s for %s/%s not posted: %s", reason, meta["namespace"],
                         meta["name"], err)  # fmt: skip
 
+    async def _post_events(self, job: dict[str, Any], events: list[Any]) -> None:
+        """One after another, so that they are listed in the order they were decided in."""
+        for e in events:
+            await self.post_event(job, e.type, e.reason, e.message)
+
     async def apply(self, job: dict[str, Any], plan: Plan, now: dt.datetime) -> list[str]:
         """Record, then act: the new status first, then the creates and deletes it decided, and
         its Events. Returns what the API refused to create."""
@@ -659,7 +664,7 @@ class Operator:
             *(self.writer.create(o) for o in plan.create),
             *(self.writer.delete_pod(meta["namespace"], d.name, d.force) for d in plan.delete),
             *(self._patch_pod(meta["namespace"], x) for x in plan.patch),
-            *(self.post_event(job, e.type, e.reason, e.message) for e in plan.events if changed),
+            self._post_events(job, plan.events if changed else []),
         )
         created = results[: len(plan.create)]
         metrics.PODS_CREATED.inc(

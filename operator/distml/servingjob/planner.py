@@ -227,6 +227,18 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
         else:
             drain_wait = left if drain_wait is None else min(drain_wait, left)
 
+    # What the API refused last time (a Service of that name that is not ours, a quota, an
+    # admission webhook) is tried again, every REFUSED_RETRY_SECONDS, and said until it goes.
+    refused_pod = any(m.startswith("Pod ") for m in world.refused)
+    if world.refused:
+        reason = "CreateRefused"
+        message = f"the API refused: {world.refused[0]}"
+        if refused_pod:
+            status.admission = None  # its reservation goes with it
+        plan.requeue_after = REFUSED_RETRY_SECONDS
+        if not any(o["kind"] == "Service" for o in plan.create):
+            plan.create.append(rendering.render_service(meta, spec))
+
     # Creates: replicas of the update revision, within the surge bound and the ledger.
     level = podpolicy.namespace_level(world.namespace, settings.pod_rules.default_level)
     violations = podpolicy.check_template(
@@ -244,11 +256,7 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             f"no replica created: the template breaks the {level!r} pod policy of "
             f"namespace {meta['namespace']}: {violations[0]}{more}"
         )
-    elif world.refused:
-        reason, message = "CreateRefused", f"the API refused a replica: {world.refused[0]}"
-        status.admission = None
-        plan.requeue_after = REFUSED_RETRY_SECONDS
-    elif missing and room > 0 and not status.admission:
+    elif missing and room > 0 and not status.admission and not refused_pod:
         nodes, verdict = _place(world, settings, spec, min(missing, room), status.queued_time)
     created: list[str] = []
     if nodes:
@@ -261,7 +269,8 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             nodes=list(nodes),
             pods=created,
         )
-        plan.create.append(rendering.render_service(meta, spec))
+        if not any(o["kind"] == "Service" for o in plan.create):
+            plan.create.append(rendering.render_service(meta, spec))
         for slot, (name, node) in enumerate(zip(created, nodes, strict=True)):
             plan.create.append(
                 rendering.render_pod(
@@ -271,7 +280,7 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
         placed = ", ".join(
             f"{n} on {node}" if node else n for n, node in zip(created, nodes, strict=True)
         )
-        verb = "Surging" if r.old else "ReplicaCreated"
+        verb = "Surging" if holding + len(created) > want else "ReplicaCreated"
         events.append(Event("Normal", verb, f"created {placed} (revision {rev})"))
         status.queued_time = None
     if verdict is not None and not created:
@@ -419,7 +428,9 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             reason, message = "Available", f"{ready_count} replicas Ready, revision {rev}"
     status.reason, status.message = reason, message
     progressing = not done or bool(r.draining or drained) or serving_count > want
-    if want and ready_count == 0 and status.phase in (None, ServingPhase.PENDING):
+    if reason in ("CreateRefused", "PodPolicyViolation"):  # no Service, or no replica, ever
+        phase = ServingPhase.DEGRADED
+    elif want and ready_count == 0 and status.phase in (None, ServingPhase.PENDING):
         phase = ServingPhase.PENDING
     elif ready_count < min_ready:
         phase = ServingPhase.DEGRADED
