@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distml.api.serving import serving_job_manifest
 from distml.localcluster import faults
 from distml_runtime.distenv import free_port
 
@@ -188,6 +189,23 @@ def _cluster_activity(cluster, core, custom, ns: str, pool: dict) -> None:
     faults.exit_pod(cluster, ns, victim, 137, "OOMKilled")
     wait_for("a restart", lambda: (s := status(custom, ns, JOB)).get("restarts", 0) >= 1 and s)
     wait_phase(custom, ns, JOB, "Running")
+    # A ServingJob rolled out once (rollout duration) on the same nodes, without GPUs.
+    served = ("distml.io", "v1alpha1", ns, "servingjobs", "served")
+
+    def serving(image: str) -> dict:
+        template = {"spec": {"nodeSelector": pool, "tolerations": [{"operator": "Exists"}],
+                             "containers": [{"name": "server", "image": image}]}}  # fmt: skip
+        return serving_job_manifest("served", 1, template=template, rollout={"drainSeconds": 0})
+
+    def available() -> dict:
+        st = custom.get_namespaced_custom_object(*served).get("status") or {}
+        return st if st.get("phase") == "Available" else {}
+
+    custom.create_namespaced_custom_object(*served[:4], serving("distml-runtime:v1"))
+    first = wait_for("the ServingJob Available", available)
+    custom.patch_namespaced_custom_object(*served, {"spec": serving("distml-runtime:v2")["spec"]})
+    before = first["currentRevision"]
+    wait_for("its rollout complete", lambda: (s := available()) and s["currentRevision"] != before)
 
 
 def test_every_dashboard_panel_returns_data(

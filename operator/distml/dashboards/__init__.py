@@ -91,6 +91,27 @@ OPERATOR = [
         (Query("sum(rate(distml_reconcile_errors_total[$__rate_interval]))", "errors/s"),),
         "ops",
     ),
+    PanelSpec(
+        "ServingJobs by phase",
+        (Query("sum by (phase) (distml_servingjobs)", "{{phase}}"),),
+    ),
+    PanelSpec(
+        "Serving replicas by state",
+        (Query("sum by (state) (distml_serving_replicas)", "{{state}}"),),
+        description="Starting, Ready, NotReady (readiness failing), Draining (out of the Service)",
+    ),
+    PanelSpec(
+        "Rollout duration",
+        _quantiles("distml_serving_rollout_duration_seconds", "$__range"),
+        "s",
+        description="From a ServingJob's new revision to every replica running it",
+    ),
+    PanelSpec(
+        "Serving replicas replaced",
+        (Query("sum(increase(distml_serving_replicas_replaced_total[$__range]))"),),
+        kind="stat",
+        description="Replicas whose pod failed (server died, liveness failed) and were replaced",
+    ),
 ]
 
 TRAINING = [
