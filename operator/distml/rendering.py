@@ -43,10 +43,11 @@ def rank0_address(job: str, namespace: str) -> str:
     return f"{pod_hostname(job, 0)}.{job}.{namespace}.svc.cluster.local"
 
 
-def owner_reference(meta: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(meta: dict[str, Any], kind: str = KIND) -> dict[str, Any]:
+    """The controller reference a job of `kind` puts on what it creates."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
@@ -119,8 +120,23 @@ def preflight_container(
     return container
 
 
-def owner_labels(meta: dict[str, Any]) -> dict[str, str]:
-    return {labels.OWNER_KIND: KIND, labels.OWNER_UID: meta["uid"]}
+def owner_labels(meta: dict[str, Any], kind: str = KIND) -> dict[str, str]:
+    return {labels.OWNER_KIND: kind, labels.OWNER_UID: meta["uid"]}
+
+
+def owned_metadata(meta: dict[str, Any], name: str, kind: str = KIND) -> dict[str, Any]:
+    """Metadata of an object a job of `kind` owns: its name, the job's namespace, the labels
+    that say whose it is (the orphan sweep reads them) and the controller reference."""
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {
+            labels.JOB_NAME: meta["name"],
+            labels.MANAGED_BY: labels.OPERATOR,
+            **owner_labels(meta, kind),
+        },
+        "ownerReferences": [owner_reference(meta, kind)],
+    }
 
 
 def pin_to_node(pod_spec: dict[str, Any], node: str) -> None:
@@ -206,16 +222,7 @@ def render_headless_service(meta: dict[str, Any], spec: TrainingJobSpec) -> dict
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": job,
-            "namespace": meta["namespace"],
-            "labels": {
-                **selector_labels(job),
-                labels.MANAGED_BY: labels.OPERATOR,
-                **owner_labels(meta),
-            },
-            "ownerReferences": [owner_reference(meta)],
-        },
+        "metadata": owned_metadata(meta, job),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

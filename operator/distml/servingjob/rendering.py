@@ -16,7 +16,6 @@ from typing import Any
 
 from distml import labels, rendering
 from distml.api import serving
-from distml.api.models import GROUP, VERSION
 from distml.api.serving import MODEL_MOUNT, ServingJobSpec
 
 Obj = dict[str, Any]
@@ -46,17 +45,6 @@ def pod_name(job: str, rev: str, index: int) -> str:
 
 def url(meta: Obj, spec: ServingJobSpec) -> str:
     return f"http://{meta['name']}.{meta['namespace']}.svc:{spec.port}"
-
-
-def owner_reference(meta: Obj) -> Obj:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": serving.KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def selector_labels(job: str) -> dict[str, str]:
@@ -190,7 +178,7 @@ def render_pod(
             "namespace": meta["namespace"],
             "labels": pod_labels,
             "annotations": dict(tmeta.get("annotations") or {}),
-            "ownerReferences": [owner_reference(meta)],
+            "ownerReferences": [rendering.owner_reference(meta, serving.KIND)],
         },
         "spec": pod_spec,
     }
@@ -201,16 +189,7 @@ def render_service(meta: Obj, spec: ServingJobSpec) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": job,
-            "namespace": meta["namespace"],
-            "labels": {
-                **selector_labels(job),
-                labels.MANAGED_BY: labels.OPERATOR,
-                labels.OWNER_UID: meta["uid"],
-            },
-            "ownerReferences": [owner_reference(meta)],
-        },
+        "metadata": rendering.owned_metadata(meta, job, serving.KIND),
         "spec": {
             "type": "ClusterIP",
             "selector": service_selector(job),
