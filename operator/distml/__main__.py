@@ -19,8 +19,8 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from distml import health, podpolicy
+from distml.handlers.operator import Operator, register
 from distml.handlers.settings import NoDiffBase
-from distml.handlers.trainingjob import Operator, register
 from distml.kube import Kube
 from distml.trainingjob import Settings
 

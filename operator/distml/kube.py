@@ -29,6 +29,10 @@ RETRY_AFTER_CAP_SECONDS = 10.0
 LIST_PAGE = 500
 
 
+class NotServed(RuntimeError):
+    """The API server does not serve this resource (404 for a LIST): its CRD is not installed."""
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -212,7 +216,8 @@ class AsyncWriter:
                     break  # the snapshot expired between two pages: from the start
                 if status >= 300:
                     text = answer.decode(errors="replace")
-                    raise RuntimeError(f"listing {path}: {status} {text}")
+                    error = NotServed if status == 404 else RuntimeError
+                    raise error(f"listing {path}: {status} {text}")
                 doc = orjson.loads(answer)
                 items.extend(doc["items"])
                 more = doc["metadata"].get("continue")

@@ -46,7 +46,7 @@ def test_the_operator_installs_and_runs_without_torch_or_the_dev_tools(tmp_path)
     _ok(UV, "pip", "install", "-q", "--python", py, "--no-deps", source)
 
     modules = _ok(py, "-c", IMPORT_ALL).split()
-    assert "distml.handlers.trainingjob" in modules and "distml.trainingjob.planner" in modules
+    assert "distml.handlers.operator" in modules and "distml.trainingjob.planner" in modules
     dev_tools = ("distml.localcluster", "distml.localnode", "distml.dashboards")
     assert not [m for m in modules if m.startswith(dev_tools)]
     dev_only = ("torch", "numpy", "matplotlib", "sklearn", "cryptography", "grafana_foundation_sdk")

@@ -1,6 +1,6 @@
 """The kinds the operator core reconciles, each as what the core needs of it: where its objects
 live, its pure planner and ledger demand, how its status is compared, and what its metrics
-count. The core (distml.handlers.trainingjob's Operator) is the same for every kind: caches, the
+count. The core (distml.handlers.operator) is the same for every kind: caches, the
 GPU ledger, workers, decide-record-act, expectations, Events, orphans."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ServingJob's pure side: render its replicas and Service, decide the rolling update. The
-handler core (distml.handlers) is the I/O around it, shared with TrainingJob."""
+operator core (distml.handlers.operator) is the I/O around it, shared with TrainingJob."""
 
 from distml.servingjob.demand import demand
 from distml.servingjob.planner import Signals, plan_reconcile

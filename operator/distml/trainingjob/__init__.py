@@ -1,5 +1,5 @@
 """TrainingJob's pure side: observe the job and its world, decide by policies in a written
-order, render its pods. The handler (distml.handlers.trainingjob) is the I/O around it."""
+order, render its pods. The operator core (distml.handlers.operator) is the I/O around it."""
 
 from distml.trainingjob.demand import demand
 from distml.trainingjob.model import (

@@ -23,12 +23,12 @@ from distml.api.models import GROUP, KIND, VERSION
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
-from distml.kube import AsyncWriter, Kube, api_message
+from distml.kube import AsyncWriter, Kube, NotServed, api_message
 from distml.podstate import iso
 from distml.policies import disruption, orphans
 from distml.reconcile import Plan, Settings, World
 
-log = logging.getLogger("distml.trainingjob")
+log = logging.getLogger("distml.operator")
 NODES, PODS, NAMESPACES = "/api/v1/nodes", "/api/v1/pods", "/api/v1/namespaces"
 CACHES = (NODES, NAMESPACES, PODS)
 JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
@@ -38,6 +38,7 @@ SWEEP_SECONDS = 10.0
 ORPHAN_GRACE_SECONDS = 3.0
 EXPECTATION_SECONDS = 5.0  # how long a reconcile waits for the cache to show its own writes
 COUNT_WRITE_SECONDS = 1.0  # a starting gang's count-only status writes: one per job this often
+NOT_SERVED_SECONDS = 30.0  # how long start-up waits for a kind's CRD to be served
 
 
 def _version(obj: dict[str, Any]) -> int:
@@ -47,12 +48,15 @@ def _version(obj: dict[str, Any]) -> int:
         return 0
 
 
-async def _retrying(fn: Any, *args: Any) -> Any:
+async def _retrying(fn: Any, *args: Any, passes: tuple[type[Exception], ...] = ()) -> Any:
+    """`fn(*args)` until it answers, backing off to 2 s; an exception in `passes` is raised."""
     delay = 0.25
     while True:
         try:
             return await fn(*args)
         except asyncio.CancelledError:
+            raise
+        except passes:
             raise
         except Exception as err:
             log.warning(
@@ -301,11 +305,28 @@ class Operator:
             versions[path] = await _retrying(self.informer(path).list)
         for kind in self.kinds.values():
             for path in self._scopes(JOBS_PATH, kind.plural):
-                items, _ = await _retrying(self.writer.list_objects, path)
+                items = await self._list_kind(kind, path)
                 for job in items:
                     self.on_job({**job, "kind": kind.kind})
         self.primed = True
         return versions
+
+    async def _list_kind(self, kind: Kind, path: str) -> list[dict[str, Any]]:
+        """A kind's jobs at start-up, asked again while the API server is starting; a kind
+        whose CRD is not installed (a chart upgraded without its CRDs) is none, said loudly,
+        rather than an operator that never gets ready for the kinds that are."""
+        deadline = time.monotonic() + NOT_SERVED_SECONDS
+        while True:
+            try:
+                items, _ = await _retrying(self.writer.list_objects, path, passes=(NotServed,))
+                return list(items)
+            except NotServed:
+                if time.monotonic() > deadline:
+                    log.error("%s is not served: its CRD is not installed (kubectl apply "
+                              "--server-side -f crds/); no %s is reconciled until it is",
+                              path, kind.kind)  # fmt: skip
+                    return []
+                await asyncio.sleep(1.0)
 
     def ready(self) -> tuple[bool, str]:
         """Whether the caches are warm and every watch is current (the readiness probe)."""
@@ -340,7 +361,10 @@ class Operator:
         live: set[str] = set()
         for kind in self.kinds.values():
             for path in self._scopes(JOBS_PATH, kind.plural):
-                items, listed = await self.writer.list_objects(path)
+                try:
+                    items, listed = await self.writer.list_objects(path)
+                except NotServed:
+                    continue  # said at start-up; the other kinds are swept all the same
                 for job in items:
                     meta = job["metadata"]
                     key = job_key(meta["namespace"], meta["name"], kind.kind)
