@@ -31,6 +31,8 @@ import numpy as np
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 
+from distml_runtime.distenv import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_MS = 50.0
 CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
@@ -96,14 +98,6 @@ def summary(results: list[tuple[float, float, str]], seconds: float | None = Non
 
 
 # --- 1. batching ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(max_batch: int, hidden: int) -> tuple[subprocess.Popen[bytes], str]:

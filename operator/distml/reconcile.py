@@ -7,6 +7,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from distml import admission, podpolicy
 from distml.api.serving import RUNTIME_IMAGE
 from distml.policies import disruption
@@ -79,3 +81,11 @@ class Plan:
     delete_job: bool = False
     signals: Any = None  # what the kind's metrics count (TrainingJob: its Signals)
     patch: list[PodPatch] = field(default_factory=list)
+
+
+def status_changed(model: type[BaseModel], job: Obj, status: Obj) -> bool:
+    """Whether `status` (as a planner dumps it) says something the job's stored status does
+    not. The stored one has no nulls (a merge patch removes them), so both are compared as the
+    kind's status `model` reads them."""
+    stored = model.model_validate(job.get("status") or {})
+    return status != stored.model_dump(by_alias=True, mode="json")

@@ -18,6 +18,7 @@ from distml.api.models import (
     DNSNames,
     TrainingJobSpec,
 )
+from distml.nodefit import NodeFilter
 
 PREFLIGHT_CONTAINER = "preflight"
 TERMINATION_LOG = "/dev/termination-log"
@@ -28,6 +29,13 @@ NODE_NAME_ENV = {
 
 # Kubernetes' usual taint on GPU nodes; GPU workers tolerate it.
 GPU_TOLERATION = {"key": labels.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def node_filter(template: dict[str, Any], gpus: int) -> NodeFilter:
+    """Where a job's pods may go: the template's selector, affinity and tolerations, and the
+    GPU taint tolerated when they ask for GPUs (as both kinds' pods do)."""
+    nodes = NodeFilter.of(template.get("spec") or {})
+    return nodes.tolerating(GPU_TOLERATION) if gpus else nodes
 
 
 def pod_name(job: str, rank: int, generation: int) -> str:

@@ -11,6 +11,7 @@ from distml.api.models import training_job_manifest
 from .helpers import wait_for
 
 GROUP, VERSION, PLURAL = "distml.io", "v1alpha1", "trainingjobs"
+SERVING = "servingjobs"
 
 
 def training_job(
@@ -40,6 +41,15 @@ def patch_spec(custom: client.CustomObjectsApi, ns: str, name: str, spec: dict) 
 
 def status(custom, ns: str, name: str) -> dict:
     return get(custom, ns, name).get("status") or {}
+
+
+def create_serving(custom: client.CustomObjectsApi, ns: str, body: dict) -> dict:
+    return custom.create_namespaced_custom_object(GROUP, VERSION, ns, SERVING, body)
+
+
+def serving_status(custom, ns: str, name: str) -> dict:
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, SERVING, name)
+    return obj.get("status") or {}
 
 
 def wait_phase(custom, ns: str, name: str, phase: str, timeout: float = 60) -> dict:

@@ -30,7 +30,8 @@ from .helpers import wait_for
 triton = pytest.importorskip("tritonclient.http")
 
 pytestmark = pytest.mark.usefixtures("operator")
-GROUP, VERSION, PLURAL, KIND = "distml.io", "v1alpha1", "servingjobs", "ServingJob"
+GROUP, VERSION, PLURAL, KIND = jobs.GROUP, jobs.VERSION, jobs.SERVING, "ServingJob"
+status = jobs.serving_status
 PROCESS = {"distml.io/simulated-node": "process"}
 GPUS_PER_NODE = 2  # a replica takes a whole node: one server (and port 8000) per namespace
 CLIENTS = 4
@@ -63,10 +64,6 @@ def serving_job(name: str, mark: str = "1", **spec) -> dict:
     rollout = {"maxSurge": 1, "maxUnavailable": 0, "drainSeconds": 2}
     return serving_job_manifest(name, 2, gpusPerReplica=GPUS_PER_NODE, template=template,
                                 rollout=rollout, **spec)  # fmt: skip
-
-
-def status(custom, ns: str, name: str) -> dict:
-    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
 
 
 def settled(st: dict) -> bool:
@@ -153,8 +150,7 @@ def cluster_url(core, ns: str, name: str) -> str:
 def test_a_real_client_gets_the_models_predictions_through_the_service(
     process_nodes, cluster, core, custom, namespace
 ):
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                           serving_job("digits"))  # fmt: skip
+    jobs.create_serving(custom, namespace, serving_job("digits"))
     st = wait_settled(custom, namespace, "digits")
     assert st["url"] == f"http://digits.{namespace}.svc:8000"
     client = triton.InferenceServerClient(cluster_url(core, namespace, "digits"))
@@ -187,8 +183,7 @@ def test_a_real_client_gets_the_models_predictions_through_the_service(
 
 
 def test_a_rolling_update_under_load_fails_no_request(process_nodes, core, custom, namespace):
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                           serving_job("digits"))  # fmt: skip
+    jobs.create_serving(custom, namespace, serving_job("digits"))
     first = wait_settled(custom, namespace, "digits")
     with Load(cluster_url(core, namespace, "digits"), digits(8)) as load:
         time.sleep(5)
@@ -234,8 +229,7 @@ def _server_pid(cluster: LocalCluster, namespace: str, pod: str) -> int:
 def test_a_killed_replica_is_replaced_while_the_other_serves(
     process_nodes, cluster, core, custom, namespace
 ):
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                           serving_job("digits"))  # fmt: skip
+    jobs.create_serving(custom, namespace, serving_job("digits"))
     st = wait_settled(custom, namespace, "digits")
     victim = st["replicaStatus"][0]["pod"]
     with Load(cluster_url(core, namespace, "digits"), digits(8)) as load:

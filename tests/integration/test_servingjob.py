@@ -17,7 +17,8 @@ from . import jobs
 from .helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
-GROUP, VERSION, PLURAL, KIND = "distml.io", "v1alpha1", "servingjobs", "ServingJob"
+GROUP, VERSION, PLURAL, KIND = jobs.GROUP, jobs.VERSION, jobs.SERVING, "ServingJob"
+create, status = jobs.create_serving, jobs.serving_status
 
 
 def serving_job(name: str, replicas: int, sel: dict, gpus: int = 1, image: str = "v1",
@@ -29,14 +30,6 @@ def serving_job(name: str, replicas: int, sel: dict, gpus: int = 1, image: str =
         }
     }
     return serving_job_manifest(name, replicas, gpusPerReplica=gpus, template=template, **spec)
-
-
-def create(custom, ns: str, body: dict) -> dict:
-    return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-
-
-def status(custom, ns: str, name: str) -> dict:
-    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
 
 
 def wait_status(custom, ns: str, name: str, what: str, ok, timeout: float = 60) -> dict:

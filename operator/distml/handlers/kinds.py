@@ -6,13 +6,14 @@ GPU ledger, workers, decide-record-act, expectations, Events, orphans."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Gauge
 
-from distml import admission, metrics, servingjob, trainingjob
+from distml import admission, metrics, reconcile, servingjob, trainingjob
 from distml.api import models, serving
 from distml.api.serving import ServingJobStatus
 from distml.podstate import parse_time
@@ -77,11 +78,6 @@ def _observe_serving(_job: Obj, plan: Plan, _now: dt.datetime) -> None:
         metrics.ROLLOUT_SECONDS.observe(s.rollout_seconds)
 
 
-def _serving_status_changed(job: Obj, status: Obj) -> bool:
-    stored = ServingJobStatus.model_validate(job.get("status") or {})
-    return status != stored.model_dump(by_alias=True, mode="json")
-
-
 TRAINING = Kind(
     kind=models.KIND,
     plural=models.PLURAL,
@@ -100,7 +96,7 @@ SERVING = Kind(
     plural=serving.PLURAL,
     plan=servingjob.plan_reconcile,
     demand=servingjob.demand,
-    status_changed=_serving_status_changed,
+    status_changed=functools.partial(reconcile.status_changed, ServingJobStatus),
     phases=tuple(p.value for p in serving.ServingPhase),
     gauge=metrics.SERVINGJOBS,
     # A replica waits for GPUs in any phase (a rollout waits while Available).

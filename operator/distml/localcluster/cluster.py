@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,12 +40,6 @@ def process_node_index(name: str) -> int:
     if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
         raise ValueError(f"{name!r} is not a process node (proc-node-NNN)")
     return int(name[len(prefix) :])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _LOCALNODE = Path(__file__).parents[1] / "localnode"
@@ -195,9 +188,9 @@ class LocalCluster:
         shutil.rmtree(self.root / "etcd", ignore_errors=True)
         pki.write_pki(self._pki)
         state: dict[str, Any] = {
-            "etcd_port": _free_port(),
-            "etcd_peer_port": _free_port(),
-            "apiserver_port": _free_port(),
+            "etcd_port": network.free_port(),
+            "etcd_peer_port": network.free_port(),
+            "apiserver_port": network.free_port(),
             "fingerprint": config_fingerprint(),
             # The process nodes' /24, and from it the Service range (network.ClusterNet).
             "node_subnet": network.free_subnet(network.addresses_in_use()),

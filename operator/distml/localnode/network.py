@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,6 +100,13 @@ def free_subnet(in_use: Iterable[str]) -> str:
         if not any(candidate.overlaps(net) for net in taken):
             return str(candidate)
     raise NetworkError(f"every /24 of {SUBNETS} is in use on this machine")
+
+
+def free_port() -> int:
+    """A TCP port free on this machine's loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def addresses_in_use() -> list[str]:

@@ -15,10 +15,9 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 
-from distml.localnode.network import NodeNet
+from distml.localnode.network import NodeNet, free_port
 
 
 def available(binary: str | None) -> str | None:
@@ -40,12 +39,6 @@ def nft_wrapper(folder: Path, net: NodeNet) -> Path:
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {net.netns} {real} "$@"\n')
     wrapper.chmod(0o755)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def command(binary: str, kubeconfig: str, node_name: str, net: NodeNet, state: Path,

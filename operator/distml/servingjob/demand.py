@@ -9,7 +9,6 @@ import dataclasses
 from typing import Any
 
 from distml import admission, rendering
-from distml.nodefit import NodeFilter
 from distml.podstate import parse_time
 
 Obj = dict[str, Any]
@@ -19,9 +18,7 @@ def gang(job: Obj) -> admission.Gang:
     """One replica of the job as a gang of one, not admitted."""
     meta, spec = job["metadata"], job.get("spec") or {}
     gpus = int(spec.get("gpusPerReplica", 0))
-    nodes = NodeFilter.of((spec.get("template") or {}).get("spec") or {})
-    if gpus:
-        nodes = nodes.tolerating(rendering.GPU_TOLERATION)  # what the replicas' pods add
+    nodes = rendering.node_filter(spec.get("template") or {}, gpus)
     return admission.Gang(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),

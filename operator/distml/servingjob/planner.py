@@ -48,7 +48,6 @@ class Signals:
 
     replaced: int = 0  # failed replicas deleted to be replaced
     rollout_seconds: float | None = None  # a rollout completed, after this long
-    created: int = 0
 
 
 @dataclass
@@ -59,7 +58,6 @@ class Replicas:
     old: list[Obj] = field(default_factory=list)  # serving, of another revision
     draining: list[Obj] = field(default_factory=list)  # out of the Service, not deleted yet
     failed: list[Obj] = field(default_factory=list)  # finished (a server never exits on its own)
-    going: list[Obj] = field(default_factory=list)  # deleted, terminating
 
     @property
     def serving(self) -> list[Obj]:
@@ -82,8 +80,8 @@ def sort_replicas(pods: list[Obj], rev: str) -> Replicas:
     r = Replicas()
     for pod in sorted(pods, key=_name):
         if podstate.is_deleting(pod):
-            r.going.append(pod)
-        elif podstate.is_terminal(pod):
+            continue  # going: its GPUs are the ledger's to count until it is gone
+        if podstate.is_terminal(pod):
             r.failed.append(pod)
         elif _draining(pod):
             r.draining.append(pod)
@@ -191,7 +189,6 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     resumed: list[str] = []
     if adm:
         where = adm.nodes or [""] * len(adm.pods)
-        plan.create.append(rendering.render_service(meta, spec))
         for slot, (name, node) in enumerate(zip(adm.pods, where, strict=False)):
             if name not in taken:
                 resumed.append(name)
@@ -236,8 +233,6 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
         if refused_pod:
             status.admission = None  # its reservation goes with it
         plan.requeue_after = REFUSED_RETRY_SECONDS
-        if not any(o["kind"] == "Service" for o in plan.create):
-            plan.create.append(rendering.render_service(meta, spec))
 
     # Creates: replicas of the update revision, within the surge bound and the ledger.
     level = podpolicy.namespace_level(world.namespace, settings.pod_rules.default_level)
@@ -269,8 +264,6 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             nodes=list(nodes),
             pods=created,
         )
-        if not any(o["kind"] == "Service" for o in plan.create):
-            plan.create.append(rendering.render_service(meta, spec))
         for slot, (name, node) in enumerate(zip(created, nodes, strict=True)):
             plan.create.append(
                 rendering.render_pod(
@@ -290,6 +283,10 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
         status.queued_time = None
 
     starting = [*resumed, *created]
+    # The Service goes with every create (a create of one that is there and ours is a no-op),
+    # and again while a refusal is said, until the API takes it.
+    if starting or world.refused:
+        plan.create.insert(0, rendering.render_service(meta, spec))
 
     # Drains: old replicas (and, scaling down, surplus new ones) leave the Service.
     gpu_blocked = verdict is not None and not created
@@ -468,7 +465,7 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
 
     plan.status = status.model_dump(by_alias=True, mode="json")
     plan.events = events
-    plan.signals = dataclasses.replace(plan.signals, replaced=replaced, created=len(created))
+    plan.signals = dataclasses.replace(plan.signals, replaced=replaced)
     waits = [w for w in (plan.requeue_after, drain_wait) if w is not None]
     if not done and not waits:
         waits.append(STARTING_RECHECK_SECONDS)

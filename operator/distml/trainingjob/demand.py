@@ -7,7 +7,6 @@ from typing import Any
 
 from distml import admission, rendering
 from distml.api.models import FINISHED, Phase
-from distml.nodefit import NodeFilter
 from distml.podstate import parse_time
 
 Obj = dict[str, Any]
@@ -30,9 +29,7 @@ def demand(job: Obj) -> admission.Gang | None:
         admitted = tuple(adm.get("nodes") or ()) or ("",) * replicas
     elif phase in (Phase.CREATING, Phase.RUNNING) and status.get("admittedTime"):
         admitted = ("",) * replicas  # admitted by an operator that kept no admission record
-    nodes = NodeFilter.of((spec.get("template") or {}).get("spec") or {})
-    if gpus:
-        nodes = nodes.tolerating(rendering.GPU_TOLERATION)  # what render_worker_pod adds
+    nodes = rendering.node_filter(spec.get("template") or {}, gpus)
     return admission.Gang(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from distml import reconcile
 from distml.api.models import TrainingJobStatus
 from distml.reconcile import Event, Plan, PodDeletion, Settings, World
 
@@ -78,9 +79,8 @@ def only_counts_changed(job: Obj, status: Obj) -> bool:
 
 
 def status_changed(job: Obj, status: Obj) -> bool:
-    """Whether `status` says something the job's stored status does not. The stored one has no
-    nulls (a merge patch removes them), so both are compared as the model reads them."""
-    return status != dump_status(read_status(job))
+    """Whether `status` says something the job's stored status does not (reconcile's rule)."""
+    return reconcile.status_changed(TrainingJobStatus, job, status)
 
 
 __all__ = ["Event", "Plan", "PodDeletion", "Settings", "World"]
