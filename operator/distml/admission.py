@@ -192,6 +192,28 @@ def _place(free: dict[str, int], nodes: list[str], replicas: int, gpus: int) -> 
     return placed
 
 
+def room_for(
+    gang: Gang,
+    nodes: list[Obj],
+    pods: list[Obj],
+    others: list[Gang],
+    count: int,
+    prefer: tuple[str, ...] = (),
+) -> list[str]:
+    """Nodes for up to `count` more replicas of a running gang (an elastic job growing back),
+    on what is free once every live pod and every other gang's reservation is counted: the
+    `prefer`red nodes first (where its lost pods ran, while they are usable), then best-fit."""
+    ledger = build_ledger(nodes, pods, others)
+    free = dict(ledger.free)
+    cands = ledger.candidates(gang)
+    placed: list[str] = []
+    for node in prefer:
+        if len(placed) < count and node in cands and free[node] >= gang.gpus_per_replica:
+            free[node] -= gang.gpus_per_replica
+            placed.append(node)
+    return placed + _place(free, cands, count - len(placed), gang.gpus_per_replica)
+
+
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"

@@ -36,6 +36,12 @@ PREFLIGHT_BUSBW = Gauge(
 RESIZES = Counter(
     "distml_job_resizes", "New generations started because spec.replicas changed (not failures)"
 )
+ELASTIC_RESIZES = Counter(
+    "distml_elastic_resizes",
+    "Elastic jobs' changes of size without a restart: direction shrink or grow, and why "
+    "(PodLost, NodeLost, Replaced, ScaledUp, ScaledDown)",
+    ["direction", "reason"],
+)
 CREATES_REFUSED = Counter(
     "distml_gang_creates_refused",
     "Gangs released because the API refused one of their objects (quota, Pod Security, webhook)",

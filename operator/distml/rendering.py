@@ -22,6 +22,10 @@ from distml.nodefit import NodeFilter
 
 PREFLIGHT_CONTAINER = "preflight"
 TERMINATION_LOG = "/dev/termination-log"
+# torchrun's c10d rendezvous, tuned for recovery in seconds: a round waits 2 s for more nodes
+# once it has its minimum, and a node whose agent stops heartbeating (1 s apart) is dropped
+# after 3 missed beats (torch's defaults: 30 s and 15 s).
+RDZV_CONF = "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=3"
 NODE_NAME_ENV = {
     "name": "DISTML_NODE_NAME",
     "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
@@ -87,6 +91,7 @@ def worker_env(
         # A new id per restart generation, so torchrun's rendezvous starts clean.
         "PET_RDZV_ID": f"{meta['uid']}-{generation}",
         "PET_MAX_RESTARTS": str(spec.elastic.max_restarts if spec.elastic else 0),
+        "PET_RDZV_CONF": RDZV_CONF,
         "MASTER_ADDR": master,
         "MASTER_PORT": str(DEFAULT_MASTER_PORT),
         "WORLD_SIZE": str(spec.replicas * nproc),
@@ -94,6 +99,8 @@ def worker_env(
         "DISTML_JOB_NAME": job,
         "DISTML_RESTART_GENERATION": str(generation),
         "DISTML_METRICS_PORT": str(labels.METRICS_PORT),
+        "DISTML_PEER_TIMEOUT_SECONDS": str(spec.peer_timeout_seconds),
+        "DISTML_TERMINATION_LOG": TERMINATION_LOG,
     }
     if spec.parallelism:
         env["DISTML_PIPELINE_PARALLEL"] = str(spec.parallelism.pipeline)

@@ -28,7 +28,7 @@ def test_trainingjob_crd_has_status_scale_and_printer_columns():
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Reason", "Ready", "GPUs", "Restarts", "Queue", "Age"]
+    assert columns == ["Phase", "Reason", "Ready", "GPUs", "Restarts", "Elastic", "Queue", "Age"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     container = spec["properties"]["template"]["properties"]["spec"]["properties"]["containers"]
     assert "x-kubernetes-preserve-unknown-fields" not in str(container)

@@ -45,6 +45,8 @@ spec:
     - {name: PET_RDZV_ENDPOINT, value: "llm-0.llm.team.svc.cluster.local:29400"}
     - {name: PET_RDZV_ID, value: uid-1-2}
     - {name: PET_MAX_RESTARTS, value: "0"}
+    - {name: PET_RDZV_CONF, value: "last_call_timeout=2,keep_alive_interval=1,\
+keep_alive_max_attempt=3"}
     - {name: MASTER_ADDR, value: llm-0.llm.team.svc.cluster.local}
     - {name: MASTER_PORT, value: "29500"}
     - {name: WORLD_SIZE, value: "16"}
@@ -52,6 +54,8 @@ spec:
     - {name: DISTML_JOB_NAME, value: llm}
     - {name: DISTML_RESTART_GENERATION, value: "2"}
     - {name: DISTML_METRICS_PORT, value: "9400"}
+    - {name: DISTML_PEER_TIMEOUT_SECONDS, value: "60"}
+    - {name: DISTML_TERMINATION_LOG, value: /dev/termination-log}
     - {name: DISTML_NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
     - {name: USER_VAR, value: kept}
     resources:

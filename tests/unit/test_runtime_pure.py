@@ -3,16 +3,19 @@ global sample order that makes resume independent of the world size."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import torch
 
+from distml_runtime import peers
 from distml_runtime.bench.report import (
     bus_bandwidth_gbps,
     format_table,
     make_result,
     message_sizes,
 )
-from distml_runtime.launch import exit_code_for, torchrun_argv
+from distml_runtime.launch import exit_code_for, membership_change, torchrun_argv
 from distml_runtime.train.data import batch_indices
 
 
@@ -101,3 +104,70 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path, capsys):
     with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
         checkpoint.load(bad)
     assert "pwned" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("error", "lost", "peer"),
+    [
+        (
+            RuntimeError(
+                "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed "
+                "by peer [10.242.3.2]:54475"
+            ),
+            True,
+            "10.242.3.2",
+        ),
+        (
+            RuntimeError(
+                "Got the following error when running the callback: RuntimeError: [/pytorch/"
+                "third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                "3000ms for recv operation to complete"
+            ),
+            True,
+            "",
+        ),
+        (
+            RuntimeError(
+                "Gloo connectFullMesh failed with [...pair.cc:152] timed out connecting: "
+                "SO_ERROR: Connection refused, remote=[127.0.0.1]:3458"
+            ),
+            True,
+            "127.0.0.1",
+        ),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (32x64 and 65x128)"), False, ""),
+        (ValueError("bad learning rate"), False, ""),
+    ],
+)
+def test_a_lost_peer_is_told_from_a_bug(error, lost, peer):
+    assert peers.is_peer_loss(error) is lost
+    assert peers.peer_address(error) == peer
+    if lost:
+        assert peers.describe(error).startswith(f"lost peer {peer}:" if peer else "lost a peer:")
+
+
+def test_a_lost_peer_is_found_behind_the_error_that_wraps_it():
+    try:
+        try:
+            raise RuntimeError("Connection reset by peer [10.0.0.9]:1")
+        except RuntimeError as inner:
+            raise ValueError("the step failed") from inner
+    except ValueError as outer:
+        assert peers.is_peer_loss(outer)
+
+
+@pytest.mark.parametrize(
+    ("codes", "change"),
+    [([76], True), ([76, 76], True), ([76, 1], False), ([-9], False), ([], False)],
+)
+def test_only_workers_that_all_lost_a_peer_are_a_membership_change(codes, change):
+    assert membership_change(codes) is change
+
+
+def test_peer_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(peers.TIMEOUT_ENV, raising=False)
+    assert peers.timeout() is None
+    monkeypatch.setenv(peers.TIMEOUT_ENV, "5")
+    assert peers.timeout() == dt.timedelta(seconds=5)
+    monkeypatch.setenv(peers.TIMEOUT_ENV, "0")
+    with pytest.raises(ValueError, match="must be > 0"):
+        peers.timeout()

@@ -626,3 +626,168 @@ def test_every_policy_module_runs_in_the_planner_once():
     modules = sorted(m.name for m in pkgutil.iter_modules(policies.__path__))
     used = [decide.__module__.rsplit(".", 1)[1] for _, decide in POLICIES]
     assert sorted(used) == modules and len(set(used)) == len(used)
+
+
+def elastic_job(n=3, lo=2, hi=4, replicas=None, phase="Running", **status):
+    """An elastic job (lo-hi) whose generation 0 was admitted with `n` pods on n0..n{n-1}."""
+    job = admitted_job(n=n, nodes_=tuple(f"n{r}" for r in range(n)), phase=phase, **status)
+    job["spec"]["elastic"] = {"minReplicas": lo, "maxReplicas": hi}
+    job["spec"]["replicas"] = n if replicas is None else replicas
+    return job
+
+
+def elastic_pods(n=3, changed=None):
+    """Running pods of slots 0..n-1 on n0..; `changed` maps a slot to its pod builder's call."""
+    changed = changed or {}
+    out = []
+    for r in range(n):
+        b = make_pod("llm", r).running()
+        if r in changed:
+            b = changed[r](b)
+        out.append(b.obj())
+    return out
+
+
+def test_elastic_policy_grows_onto_the_lost_pods_node_when_it_has_room():
+    """A pod killed on a healthy node: deleted, the job says it shrank, and once the name is
+    free the slot's replacement goes back to the same node."""
+    pods = elastic_pods(3, {2: lambda b: b.exited(137)})
+    out = decide("elastic", Case(elastic_job(workers=3), pods=pods))
+    assert [d.name for d in out.delete] == ["llm-worker-2-0"]
+    assert out.status["workers"] == 2 and out.status["resizes"] == 1
+    last = out.status["resize_history"][-1]
+    assert (last.from_replicas, last.to_replicas, last.reason) == (3, 2, "PodLost")
+    assert [e.reason for e in out.events] == ["Shrunk"]
+    assert out.signals.elastic_resizes == (("shrink", "PodLost"),)
+    assert out.status.get("restarts") is None  # not a failure
+    # The pod is gone: its slot is refilled on n2, which has room again.
+    job = elastic_job(workers=2, resizes=1)
+    out = decide("elastic", Case(job, pods=elastic_pods(2)))
+    made = [p for p in out.create if p["kind"] == "Pod"]
+    assert [p["metadata"]["name"] for p in made] == ["llm-worker-2-0"]
+    assert out.status["admission"].nodes == ["n0", "n1", "n2"]
+    assert out.phase.reason == "Running"
+
+
+@table(
+    (
+        "a node gone: its pod is deleted, the rest go on",
+        Case(
+            elastic_job(workers=3),
+            pods=elastic_pods(3),
+            cluster=nodes(2),  # n2 is gone
+            expect={
+                "phase": ("Running", "Running"),
+                "delete": ["llm-worker-2-0"],
+                "requeue": 1.0,
+                "status": {"workers": 2, "resizes": 1},
+            },
+        ),
+    ),
+    (
+        "its pod gone, no spare: runs smaller and says what it waits for",
+        Case(
+            elastic_job(workers=2),
+            pods=elastic_pods(2),
+            cluster=nodes(2),
+            expect={
+                "phase": ("Running", "WaitingForCapacity"),
+                "requeue": SETTINGS.queued_recheck_seconds,
+                "status": {"workers": 2},
+            },
+        ),
+    ),
+    (
+        "a node gone and a spare free: the slot moves there",
+        Case(
+            elastic_job(workers=2),
+            pods=elastic_pods(2),
+            cluster=[*nodes(2), make_node("n3")],
+            expect={
+                "phase": ("Running", "Running"),
+                "create": ["llm-worker-2-0"],
+                "requeue": 1.0,
+                "status": {"workers": 2},
+            },
+        ),
+    ),
+    (
+        "scaled up within the bounds: a new slot, no restart",
+        Case(
+            elastic_job(n=3, replicas=4, workers=3),
+            pods=elastic_pods(3),
+            expect={
+                "phase": ("Running", "Running"),
+                "create": ["llm-worker-3-0"],
+                "requeue": 1.0,
+                "status": {"workers": 3},
+            },
+        ),
+    ),
+    (
+        "scaled down: the highest slot leaves through SIGTERM",
+        Case(
+            elastic_job(n=3, replicas=2, workers=3),
+            pods=elastic_pods(3),
+            expect={
+                "phase": ("Running", "Running"),
+                "delete": ["llm-worker-2-0"],
+                "requeue": 1.0,
+                "status": {"workers": 2, "resizes": 1},
+            },
+        ),
+    ),
+    (
+        "below minReplicas: not a resize, the group restarts",
+        Case(
+            elastic_job(n=3, lo=3, workers=3),
+            pods=elastic_pods(3, {2: lambda b: b.exited(137)}),
+            expect=None,
+        ),
+    ),
+    (
+        "an application error: the restart policy decides",
+        Case(
+            elastic_job(workers=3),
+            pods=elastic_pods(3, {1: lambda b: b.exited(1)}),
+            expect=None,
+        ),
+    ),
+    (
+        "slot 0 (the rendezvous host) lost: the group restarts",
+        Case(
+            elastic_job(workers=3),
+            pods=elastic_pods(3, {0: lambda b: b.exited(137)}),
+            expect=None,
+        ),
+    ),
+    (
+        "not running yet: gang start is all or nothing",
+        Case(elastic_job(phase="Creating"), pods=elastic_pods(2), expect=None),
+    ),
+    (
+        "not elastic: not its business",
+        Case(admitted_job(phase="Running"), pods=running_pods(), expect=None),
+    ),
+    (
+        "every worker finished: succeeded",
+        Case(
+            elastic_job(n=3, workers=2),
+            pods=[make_pod("llm", r).exited(0).obj() for r in (0, 1)],
+            expect={"phase": ("Succeeded", "Succeeded")},
+        ),
+    ),
+)
+def test_elastic(case):
+    check("elastic", case)
+
+
+def test_elastic_grow_is_recorded_once_the_new_pod_runs():
+    history = [{"time": stamp(0), "fromReplicas": 3, "toReplicas": 2, "reason": "NodeLost"}]
+    job = elastic_job(workers=2, resizes=1, resizeHistory=history)
+    out = decide("elastic", Case(job, pods=elastic_pods(3)))
+    last = out.status["resize_history"][-1]
+    assert (last.from_replicas, last.to_replicas, last.reason) == (2, 3, "Replaced")
+    assert out.status["resizes"] == 2 and out.status["workers"] == 3
+    assert [e.reason for e in out.events] == ["Grown"]
+    assert out.requeue_after is None

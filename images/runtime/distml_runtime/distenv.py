@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from distml_runtime import peers
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -57,6 +59,9 @@ def init(backend: str) -> torch.device:
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = device
+        limit = peers.timeout()  # how long a collective waits for a silent peer
+        if limit is not None:
+            kwargs["timeout"] = limit
         dist.init_process_group(backend=backend, **kwargs)
     return device
 
@@ -167,6 +172,12 @@ def run_ranks(train: Callable[[Any], int], args: Any) -> int:
     code = None
     try:
         code = train(args)
+        return code
+    except Exception as err:
+        if not peers.is_peer_loss(err):
+            raise
+        rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+        code = peers.report(err, rank)
         return code
     finally:
         if dist.is_initialized():

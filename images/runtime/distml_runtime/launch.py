@@ -12,7 +12,13 @@ PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torch
 - exits with a code that tells the operator whether a restart can help: 0 success; 128+N when a
   worker died of signal N (killed, OOM-killed, preempted: retryable); a worker's own exit code
   1-127 otherwise (an application error: restarting will not help); 75 (EX_TEMPFAIL) when the
-  rendezvous itself failed (retryable).
+  rendezvous itself failed (retryable); 76 when the workers lost a peer (retryable);
+- takes workers that all exited 76 (they lost a peer, or a peer left: see distml_runtime.peers)
+  for a change of membership, not a failure: the group meets again in one rendezvous round
+  (elastic jobs go on at the new size) without spending one of torchrun's max restarts, at most
+  DISTML_MAX_MEMBERSHIP_CHANGES times (default 1000);
+- gives every rendezvous round a fresh store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE): ranks of a
+  new round must never read the addresses the ranks of an earlier one left in a shared store.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import Any
+
+from distml_runtime.peers import EXIT_PEER_LOST
 
 EXIT_RENDEZVOUS = 75
+MEMBERSHIP_ENV = "DISTML_MAX_MEMBERSHIP_CHANGES"
 
 
 def exit_code_for(failures: dict[int, int]) -> int:
@@ -42,6 +52,43 @@ def torchrun_argv(command: list[str], env: dict[str, str]) -> list[str]:
     if command and command[0].endswith(".py"):
         return [*argv, *command]
     return [*argv, "--no-python", *command]
+
+
+def membership_change(exit_codes: list[int]) -> bool:
+    """Whether a worker group that ended with these codes only lost or shed a peer."""
+    return bool(exit_codes) and all(code == EXIT_PEER_LOST for code in exit_codes)
+
+
+def elastic_agent() -> type[Any]:
+    """torchrun's agent, told apart failures from changes of membership (see the module doc)."""
+    from torch.distributed.elastic.agent.server.api import WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    budget = int(os.environ.get(MEMBERSHIP_ENV, "1000"))
+
+    class Agent(LocalElasticAgent):
+        membership_changes = 0
+
+        def _monitor_workers(self, worker_group: Any) -> Any:
+            result = super()._monitor_workers(worker_group)
+            if result.state not in (WorkerState.UNHEALTHY, WorkerState.FAILED):
+                return result
+            codes = [f.exitcode for f in result.failures.values()]
+            if membership_change(codes) and self.membership_changes < budget:
+                self.membership_changes += 1
+                # The agent's loop spends one restart next; give it back, and count one more
+                # attempt so the new round's ranks get a new TORCHELASTIC_RESTART_COUNT.
+                worker_group.spec.max_restarts += 1
+                self._remaining_restarts += 1
+                print(
+                    f"[distml launch] a peer was lost or left: meeting again "
+                    f"(membership change {self.membership_changes}; not a restart)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return result
+
+    return Agent
 
 
 def serve_metrics(port: int) -> None:
@@ -75,11 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:  # metrics must never cost the training run
             print(f"[distml launch] no metrics on :{args.metrics_port}: {err}", file=sys.stderr)
 
+    import torch.distributed.launcher.api as launcher_api
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    setattr(launcher_api, "LocalElasticAgent", elastic_agent())  # noqa: B010 (the agent launch_agent makes)
     try:
         run(parse_args(torchrun_argv(command, dict(os.environ))))
     except ChildFailedError as err:

@@ -177,6 +177,11 @@ def trainingjob_crd() -> dict[str, Any]:
         _column("GPUs", ".status.gpus", "integer"),
         _column("Restarts", ".status.restarts", "integer"),
         _column(
+            "Elastic",
+            ".status.elasticRange",
+            description="elastic jobs: the fewest-most workers",
+        ),
+        _column(
             "Queue",
             ".status.queuePosition",
             "integer",

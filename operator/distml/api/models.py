@@ -99,11 +99,22 @@ class Gang(_Model):
 
 
 class Elastic(_Model):
-    """Elastic training: torchrun runs with PET_NNODES=min:max and the job scales in that range."""
+    """Elastic training: the job runs with any number of pods between minReplicas and
+    maxReplicas, aiming for spec.replicas. A pod lost (its node died, it was evicted, it was
+    killed) does not restart the group: the others meet again without it in one rendezvous
+    round and resume from the newest checkpoint, and the operator puts a replacement wherever
+    the GPU ledger has room, growing the job back. kubectl scale (or an HPA) moves spec.replicas
+    within the bounds. Resizes are not failures: they count in status.resizes, never against
+    runPolicy.backoffLimit or maxRestarts."""
 
     min_replicas: int = Field(..., ge=1, description="The fewest pods the job runs with.")
     max_replicas: int = Field(..., ge=1, description="The most pods the job grows to.")
-    max_restarts: int = Field(3, ge=0, description="torchrun's own restarts (PET_MAX_RESTARTS).")
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Failures of a pod's own workers that torchrun restarts in place "
+        "(PET_MAX_RESTARTS); a lost or departing peer is not one.",
+    )
 
 
 class Parallelism(_Model):
@@ -160,6 +171,15 @@ class TrainingJobSpec(_Model):
     )
     rendezvous_port: int = Field(
         DEFAULT_RDZV_PORT, ge=1, le=65535, description="Port of torchrun's c10d rendezvous."
+    )
+    peer_timeout_seconds: int = Field(
+        60,
+        ge=1,
+        le=86400,
+        description="How long a rank waits in a collective for a silent peer before it takes "
+        "the peer for lost and exits to meet the group again (the process group's timeout; "
+        "torch's own defaults are 30 minutes for gloo, 10 for NCCL). Longer than the slowest "
+        "step or checkpoint any rank makes its peers wait for.",
     )
     dns_names: DNSNames = Field(
         DNSNames.RANK0,
@@ -235,6 +255,16 @@ class Admission(_Model):
     time: str | None = Field(None, description="When the gang was admitted.")
 
 
+class Resize(_Model):
+    """One change of an elastic job's size."""
+
+    time: str = Field(..., description="When the operator saw it.")
+    from_replicas: int = Field(..., description="Workers before.")
+    to_replicas: int = Field(..., description="Workers after.")
+    reason: str = Field(..., description="PodLost, NodeLost, Replaced, ScaledUp, ScaledDown.")
+    message: str = Field("", description="What happened, in a sentence.")
+
+
 class TrainingJobStatus(_Model):
     """What the operator observed and decided, as of observedGeneration."""
 
@@ -254,7 +284,18 @@ class TrainingJobStatus(_Model):
     ready_text: str = Field("", description="ready/desired, for kubectl get.")
     gpus: int = Field(0, description="GPUs the job holds now.")
     restarts: int = Field(0, description="Group restarts after failures (against backoffLimit).")
-    resizes: int = Field(0, description="New generations started because spec.replicas changed.")
+    resizes: int = Field(
+        0,
+        description="Resizes: new generations started because spec.replicas changed, and an "
+        "elastic job's shrinks and grows (never counted against backoffLimit).",
+    )
+    workers: int | None = Field(
+        None, description="Elastic jobs: the workers in the group as last counted."
+    )
+    elastic_range: str = Field("", description="Elastic jobs: min-max, for kubectl get.")
+    resize_history: list[Resize] = Field(
+        default_factory=list, description="Elastic jobs: the latest resizes, oldest first."
+    )
     restart_generation: int = Field(
         0, description="Bumped by every restart, resize or release; in pod names and labels."
     )

@@ -54,6 +54,8 @@ def _observe_training(job: Obj, plan: Plan, now: dt.datetime) -> None:
         metrics.GANG_TIMEOUTS.inc()
     if s.resized:
         metrics.RESIZES.inc()
+    for direction, reason in s.elastic_resizes:
+        metrics.ELASTIC_RESIZES.labels(direction=direction, reason=reason).inc()
     if s.refused:
         metrics.CREATES_REFUSED.inc()
     if s.disrupted:

@@ -198,6 +198,7 @@ class PodRunner:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "HOSTNAME": self.pod["spec"].get("hostname") or self.key[1],
+            pods.CONTAINER_MARK: pods.container_mark(self.pod, container["name"]),
             **pods.gpu_env(self.devices if podstate.container_gpus(container) else []),
         }
         for k, v in pods.container_env(container, self.pod, a.net.address).items():
@@ -240,6 +241,7 @@ class PodRunner:
         )
         rc = await proc.wait()
         probing.cancel()
+        _kill_the_rest(pods.container_mark(self.pod, container["name"]))
         state.probe_ready = None if readiness is None else False
         self.procs.pop(container["name"], None)
         code = pods.exit_code(rc)
@@ -330,6 +332,14 @@ class PodRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), timeout=5)
+
+
+def _kill_the_rest(mark: str) -> None:
+    """A container ends with its main process: what it left running goes too (SIGKILL), as
+    in a container's PID namespace."""
+    for pid in pods.marked_processes(mark):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class NodeAgent:

@@ -252,6 +252,33 @@ class Probe:
         return flips
 
 
+CONTAINER_MARK = "DISTML_LOCALNODE_CONTAINER"
+
+
+def container_mark(pod: Obj, container: str) -> str:
+    """The value of CONTAINER_MARK in every process of one container (its children inherit it),
+    so that the container's end can take all of them, as a container's PID namespace does."""
+    return f"{pod['metadata'].get('uid', '')}/{container}"
+
+
+def marked_processes(mark: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """The pids whose environment carries CONTAINER_MARK=mark: every process a container
+    started, those that left its process group (torchrun starts its workers in sessions of their
+    own) included."""
+    needle = f"{CONTAINER_MARK}={mark}".encode() + b"\0"
+    found = []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
 def exit_code(returncode: int) -> int:
     """A container killed by signal N exits 128+N, as container runtimes report it."""
     return 128 - returncode if returncode < 0 else returncode

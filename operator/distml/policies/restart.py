@@ -4,6 +4,9 @@ Never: any failure fails the job. OnFailure: any failure restarts the group. Exi
 death (exit code >= 128: killed, OOM-killed, preempted), a lost pod (its node died or vanished) and
 the codes listed as retryable restart the group; any other code is an application error and fails
 the job. Every restart counts against runPolicy.backoffLimit.
+
+A worker that exited PEER_LOST lost a peer (the runtime's distml_runtime.peers): never the cause
+of a failure, always retryable; the failure is what happened to that peer.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distml.api.models import RestartPolicy
+
+PEER_LOST = 76  # distml_runtime.peers.EXIT_PEER_LOST
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class RestartDecision:
 
 
 def is_retryable(f: Failure, retryable_codes: list[int]) -> bool:
-    if f.exit_code is None:
+    if f.exit_code is None or f.exit_code == PEER_LOST:
         return True
     return f.exit_code >= 128 or f.exit_code in retryable_codes
 
@@ -47,12 +52,13 @@ def decide_restart(
     restarts: int,
     backoff_limit: int,
 ) -> RestartDecision:
-    first = sorted(failures, key=lambda f: f.rank)[0]
+    causes = [f for f in failures if f.exit_code != PEER_LOST] or failures
+    first = sorted(causes, key=lambda f: f.rank)[0]
     what = describe(first)
     if policy == RestartPolicy.NEVER:
         return RestartDecision(False, "WorkerFailed", f"{what}; restartPolicy is Never")
     if policy == RestartPolicy.EXIT_CODE:
-        permanent = [f for f in failures if not is_retryable(f, retryable_codes)]
+        permanent = [f for f in causes if not is_retryable(f, retryable_codes)]
         if permanent:
             return RestartDecision(
                 False,

@@ -34,6 +34,7 @@ class Signals:
     gang_timeout: bool = False
     restarted: bool = False
     resized: bool = False
+    elastic_resizes: tuple[tuple[str, str], ...] = ()  # (shrink | grow, reason) of each
     refused: bool = False  # a create the API refused released the gang
     disrupted: bool = False  # pods on nodes NotReady in a disruption: no restart for them
     preflight_busbw_gbps: float | None = None  # measured by this generation's preflight

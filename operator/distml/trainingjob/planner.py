@@ -32,6 +32,7 @@ from distml.trainingjob.policies import (
     backing_off,
     deadline,
     disrupted,
+    elastic,
     failed,
     finished,
     gang_wait,
@@ -56,7 +57,8 @@ Policy = Callable[[Observation], Outcome | None]
 # deadline beats everything after it; stale pods go whatever happens. Without an admission the
 # gang waits for its predecessor, for its previous generation, for its backoff, for a template
 # the pod policy allows, then for room (admit always decides). Admitted, a refused create, a
-# resize, a failed preflight or worker, and held nodes come before counting what is there.
+# resize, a failed preflight, an elastic group changing size, a failed worker, and held nodes
+# come before counting what is there.
 POLICIES: tuple[tuple[str, Policy], ...] = (
     ("finished", finished.decide),
     ("suspended", suspended.decide),
@@ -72,6 +74,7 @@ POLICIES: tuple[tuple[str, Policy], ...] = (
     ("refused", refused.decide),
     ("resized", resized.decide),
     ("preflight", preflight.decide),
+    ("elastic", elastic.decide),
     ("failed", failed.decide),
     ("disrupted", disrupted.decide),
     ("node loss", node_loss.decide),
@@ -135,6 +138,9 @@ def counts(o: Observation) -> dict[str, object]:
         "succeeded": sum(podstate.phase(p) == "Succeeded" for p in cur),
         "failed": sum(podstate.phase(p) == "Failed" for p in cur),
         "ready_text": f"{len(ready)}/{o.spec.replicas}",
+        "elastic_range": (
+            f"{o.spec.elastic.min_replicas}-{o.spec.elastic.max_replicas}" if o.spec.elastic else ""
+        ),
         "gpus": sum(podstate.gpu_request(p) for p in live if podstate.node_name(p)),
         "ranks": [
             RankPlacement(

@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distml_runtime import distenv
+from distml_runtime import distenv, peers
 from distml_runtime.train import checkpoint
 from distml_runtime.train.data import batch_indices, load_digits_tensors
 
@@ -59,7 +59,7 @@ class _AllReduceTimer:
 
 def _emit(event: str, **fields: Any) -> None:
     if dist.get_rank() == 0:
-        print(json.dumps({"event": event, **fields}), flush=True)
+        print(json.dumps({"event": event, **fields, "time": round(time.time(), 3)}), flush=True)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -166,8 +166,13 @@ def train(args: argparse.Namespace) -> int:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item():
             save()
-            _emit("preempted", step=step)
-            return EXIT_PREEMPTED
+            if stop["preempted"]:
+                _emit("preempted", step=step)
+                return EXIT_PREEMPTED
+            # Only a peer was told to stop (its pod is leaving: a scale-down): the rest meet
+            # again without it and resume from the checkpoint just written.
+            _emit("peer-left", step=step)
+            return peers.EXIT_PEER_LOST
     save()
     _emit("done", step=step, world_size=world)
     return 0

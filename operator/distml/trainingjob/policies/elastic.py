@@ -1,0 +1,190 @@
+"""An elastic job whose group has run: it changes size instead of restarting.
+
+A pod lost (its node died or vanished, it was evicted or deleted, it died of a signal or lost a
+peer) is deleted (forced where no kubelet answers) and the rest go on: torchrun's agents meet
+again without it in one rendezvous round and resume from the newest checkpoint. Each slot left
+empty gets a replacement where the GPU ledger has room (first where the lost pod ran, while that
+node is usable); without room the job runs smaller and says what it waits for
+(WaitingForCapacity). spec.replicas moving within the bounds (kubectl scale) grows the group the
+same way, or stops its highest slots (they leave through SIGTERM, so every rank checkpoints
+first). Every change of size is a Resize in status, an Event and a metric; none counts against
+backoffLimit.
+
+What this policy leaves to the others: a group that has not run yet (gang start is all or
+nothing), an application error (the restart policy decides), fewer than minReplicas left, and
+slot 0 lost (its pod hosts the rendezvous: the group restarts, a failure).
+"""
+
+from __future__ import annotations
+
+from distml import admission, podstate, rendering
+from distml.api.models import Admission, Condition, Phase, Resize
+from distml.conditions import set_condition
+from distml.policies.restart import Failure, describe, is_retryable
+from distml.trainingjob import actions
+from distml.trainingjob.demand import demand
+from distml.trainingjob.model import Event, Obj, Outcome, PhaseChange, PodDeletion, Signals
+from distml.trainingjob.observe import Observation
+
+HISTORY = 10  # resizes kept in status
+WAITING = "WaitingForCapacity"
+
+
+def lost_pod(o: Observation, pod: Obj) -> Failure | None:
+    """Why a pod of the group no longer counts, or None while it does (a pod on a node held by
+    a disruption or not silent long enough yet still counts)."""
+    name, rank = pod["metadata"]["name"], podstate.rank(pod)
+    if podstate.phase(pod) == "Failed":
+        code = podstate.exit_code(pod)
+        return Failure(rank, name, code if code is not None else 1, podstate.failure_reason(pod))
+    if podstate.is_terminal(pod) or o.held(pod):
+        return None
+    if o.node_dead(pod):
+        node = podstate.node_name(pod)
+        state = "gone" if node not in o.nodes else "NotReady"
+        return Failure(rank, name, None, f"its node {node} is {state}")
+    if podstate.is_deleting(pod) and rank < o.spec.replicas:
+        return Failure(rank, name, None, "the pod was deleted")
+    return None
+
+
+def _resizable(o: Observation, f: Failure) -> bool:
+    if f.exit_code is None:
+        return True
+    if o.spec.restart_policy == "Never":
+        return False
+    if o.spec.restart_policy == "OnFailure":
+        return True
+    return is_retryable(f, o.spec.exit_codes.retryable)
+
+
+def decide(o: Observation) -> Outcome | None:
+    el, adm = o.spec.elastic, o.admission
+    if el is None or adm is None or o.stored.phase != Phase.RUNNING:
+        return None
+    cur = o.current
+    if any(o.held(p) for p in cur):
+        return None  # nodes NotReady in an outage, or not silent long enough: wait and see
+    lost = {p["metadata"]["name"]: f for p in cur if (f := lost_pod(o, p)) is not None}
+    if any(not _resizable(o, f) for f in lost.values()) or any(f.rank == 0 for f in lost.values()):
+        return None  # an application error, or the rendezvous host: the failed policy decides
+    live = [
+        p for p in cur
+        if not podstate.is_terminal(p) and not podstate.is_deleting(p)
+        and p["metadata"]["name"] not in lost
+    ]  # fmt: skip
+    finished = o.in_phase("Succeeded")
+    if finished and not live:
+        return actions.finish(
+            o, Phase.SUCCEEDED, "Succeeded", f"the {len(finished)} workers exited 0"
+        )
+    if len(live) < el.min_replicas:
+        return None  # too few to go on: the group restarts (failed, missing)
+    target = o.spec.replicas
+    leaving = [p for p in live if podstate.rank(p) >= target]  # scaled down
+    staying = [p for p in live if podstate.rank(p) < target]
+    delete = [
+        *actions.deletions(o, [p for p in cur if p["metadata"]["name"] in lost]),
+        *(PodDeletion(p["metadata"]["name"]) for p in leaving),
+    ]
+    # The slots with no pod at all (a lost pod's name is free once it is gone) get one.
+    taken = {podstate.rank(p) for p in cur}
+    vacant = [] if finished else [r for r in range(target) if r not in taken]
+    nodes = list(adm.nodes) + [""] * max(target - len(adm.nodes), 0)
+    create: list[Obj] = []
+    waiting = 0
+    if vacant:
+        placed = _place(o, vacant, nodes)
+        for rank, node in zip(vacant, placed, strict=False):
+            nodes[rank] = node
+            create.append(rendering.render_worker_pod(o.meta, o.spec, rank, o.generation, node))
+        waiting = len(vacant) - len(placed)
+    new_adm = Admission(
+        restart_generation=adm.restart_generation,
+        replicas=target,
+        gpus_per_replica=adm.gpus_per_replica,
+        nodes=nodes[:target] if adm.gpus_per_replica else [],
+        time=adm.time,
+    )
+    running = [p for p in staying if podstate.phase(p) == "Running"]
+    history, events, resized = _resizes(o, lost, leaving, len(running))
+    bounds = f"elastic {el.min_replicas}-{el.max_replicas}"
+    message = f"{len(running)} of {target} workers running ({bounds})"
+    if finished:
+        message += f", {len(finished)} finished"
+    conditions = [c.model_dump(by_alias=True) for c in o.status.conditions]
+    if waiting:
+        need = f"{waiting} x {adm.gpus_per_replica} nvidia.com/gpu"
+        wait_msg = f"running smaller: waiting for capacity for {need} on whole nodes"
+        conditions = set_condition(conditions, WAITING, True, "InsufficientGPUs", wait_msg, o.stamp)
+        phase = PhaseChange(Phase.RUNNING, WAITING, f"{message}; {wait_msg}", "Warning",
+                            announce_reason_once=True)  # fmt: skip
+    else:
+        if any(c["type"] == WAITING for c in conditions):
+            conditions = set_condition(conditions, WAITING, False, "Capacity", "", o.stamp)
+        phase = PhaseChange(Phase.RUNNING, "Running", message, announce_reason_once=True)
+    settling = bool(delete or create or len(running) != len(staying) or any(
+        podstate.is_deleting(p) for p in cur
+    ))  # fmt: skip
+    return Outcome(
+        phase=phase,
+        status={
+            "admission": new_adm,
+            "workers": len(running),
+            "resizes": o.status.resizes + len(resized),
+            "resize_history": history,
+            "conditions": [Condition.model_validate(c) for c in conditions],
+        },
+        create=tuple(create),
+        delete=tuple(delete),
+        events=tuple(events),
+        requeue_after=1.0 if settling else (o.settings.queued_recheck_seconds if waiting else None),
+        signals=Signals(elastic_resizes=tuple(resized)),
+    )
+
+
+def _place(o: Observation, vacant: list[int], nodes: list[str]) -> list[str]:
+    """Nodes for the vacant slots, as many as fit; CPU-only slots go anywhere ("")."""
+    adm = o.admission
+    assert adm is not None
+    if not adm.gpus_per_replica:
+        return [""] * len(vacant)
+    gang = demand({**o.world.job, "status": o.world.job.get("status") or {}})
+    assert gang is not None
+    prefer = tuple(nodes[r] for r in vacant if nodes[r])
+    return admission.room_for(
+        gang, o.world.nodes, o.world.cluster_pods, o.world.gangs, len(vacant), prefer
+    )
+
+
+def _resizes(
+    o: Observation, lost: dict[str, Failure], leaving: list[Obj], running: int
+) -> tuple[list[Resize], list[Event], list[tuple[str, str]]]:
+    """The change of size since the last count, if any: the history with it, its Event, and
+    (direction, reason) for the metric."""
+    history = list(o.status.resize_history)
+    before = o.status.workers
+    if before is None or before == running:
+        return history, [], []
+    if running < before:
+        direction = "shrink"
+        if lost:
+            first = sorted(lost.values(), key=lambda f: f.rank)[0]
+            reason = "NodeLost" if first.exit_code is None and "node" in first.reason else "PodLost"
+            why = describe(first) + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
+        elif leaving:
+            reason, why = "ScaledDown", f"spec.replicas is {o.spec.replicas}"
+        else:
+            reason, why = "PodLost", "a worker stopped running"
+    else:
+        direction = "grow"
+        # Growing back after a loss, or toward a larger spec.replicas.
+        after_loss = bool(history) and history[-1].reason in ("PodLost", "NodeLost")
+        reason = "Replaced" if after_loss else "ScaledUp"
+        why = f"spec.replicas is {o.spec.replicas}"
+    message = f"{before} -> {running} workers: {why}"
+    history = [*history, Resize(time=o.stamp, from_replicas=before, to_replicas=running,
+                                reason=reason, message=message)][-HISTORY:]  # fmt: skip
+    event_type = "Warning" if direction == "shrink" and reason != "ScaledDown" else "Normal"
+    label = "Shrunk" if direction == "shrink" else "Grown"
+    return history, [Event(event_type, label, f"{reason}: {message}")], [(direction, reason)]
