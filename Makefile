@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export DISTML_REPO := $(CURDIR)
 
 .PHONY: help venv tools cluster cluster-down cluster-status test test-unit test-integration \
-        test-runtime lint crds dashboards demo clean bench-allreduce bench-startup bench-pipeline bench-client repeat-test k8s-schema
+        test-runtime lint crds dashboards demo clean bench-allreduce bench-startup bench-pipeline bench-client bench-recovery repeat-test k8s-schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench-client: venv tools ## the operator's client vs kubernetes.aio: a 64-pod ga
 
 bench-serving: venv tools ## dynamic batching vs maxBatchSize 1 at one p99 budget; a ServingJob rollout under load (3 process nodes)
 	@$(PY) bench/serving.py
+
+bench-recovery: venv tools ## fault -> training again: killed worker, node cut off (shrink, grow back, move to a spare), 3 runs each
+	@$(PY) bench/recovery.py
 
 repeat-test: venv ## one test N times in a row: make repeat-test TEST=tests/runtime/test_ddp.py::test_loss_goes_down_with_two_ranks N=50
 	@bash hack/repeat-test.sh "$(TEST)" "$(or $(N),50)"

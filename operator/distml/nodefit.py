@@ -79,6 +79,7 @@ class NodeFilter:
     selector: tuple[tuple[str, str], ...] = ()
     terms: tuple[Term, ...] = ()  # empty: no required node affinity
     tolerations: tuple[Toleration, ...] = ()
+    avoid: frozenset[str] = frozenset()  # nodes not to use now (suspect), though they match
 
     @classmethod
     def of(cls, pod_spec: Obj) -> NodeFilter:
@@ -110,6 +111,8 @@ class NodeFilter:
         the pod may ever go."""
         meta = node["metadata"]
         labels = meta.get("labels") or {}
+        if condition_taints and meta["name"] in self.avoid:
+            return False
         if any(labels.get(k) != v for k, v in self.selector):
             return False
         if self.terms and not any(t.holds(labels, meta["name"]) for t in self.terms):

@@ -67,6 +67,16 @@ def exit_code(pod: Obj) -> int | None:
     return 0 if codes else None
 
 
+def finished_at(pod: Obj) -> str | None:
+    """When the pod's last container to terminate did (RFC 3339), None while none has."""
+    times = [
+        term.get("finishedAt")
+        for cs in _container_statuses(pod)
+        if (term := (cs.get("state") or {}).get("terminated")) and term.get("finishedAt")
+    ]
+    return max(times) if times else None
+
+
 def init_result(pod: Obj, container: str) -> tuple[int, Obj | None] | None:
     """(exit code, its termination message as JSON if it is JSON) of a finished init container,
     None while it has not finished."""

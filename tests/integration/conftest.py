@@ -19,6 +19,8 @@ from distml.localcluster import processes
 from distml.localcluster.cluster import LocalCluster
 from distml.localcluster.nodes import ClusterShape, NodeShape
 
+from .procnodes import checkpoints, process_nodes  # noqa: F401 (fixtures for every module)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,17 @@ import torch
 
 from distml.api.serving import serving_job_manifest
 from distml.localcluster.cluster import LocalCluster
-from distml.localnode import network, proxy
 
 from . import jobs
 from .helpers import wait_for
+from .procnodes import GPUS_PER_NODE, PROCESS  # a replica takes a whole node: one server
 
 triton = pytest.importorskip("tritonclient.http")
 
 pytestmark = pytest.mark.usefixtures("operator")
 GROUP, VERSION, PLURAL, KIND = jobs.GROUP, jobs.VERSION, jobs.SERVING, "ServingJob"
 status = jobs.serving_status
-PROCESS = {"distml.io/simulated-node": "process"}
-GPUS_PER_NODE = 2  # a replica takes a whole node: one server (and port 8000) per namespace
 CLIENTS = 4
-
-
-@pytest.fixture(scope="module")
-def process_nodes(cluster: LocalCluster) -> Iterator[list[str]]:
-    if why := network.available() or proxy.available(str(cluster.bin_dir / "kube-proxy")):
-        pytest.skip(why)
-    cluster.sync_process_nodes(3, gpus=GPUS_PER_NODE)
-    yield [f"proc-node-{i:03d}" for i in range(3)]
-    cluster.sync_process_nodes(0)
 
 
 def serving_job(name: str, mark: str = "1", **spec) -> dict:

@@ -101,10 +101,15 @@ class Group:
         pytest.fail(f"timed out waiting for {what}\n{logs}")
 
     def stop(self) -> None:
+        """Every launcher, and every worker (each in a session of its own)."""
         for p in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if str(self.ckpt).encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _listening(port: int) -> bool:

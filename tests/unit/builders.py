@@ -102,7 +102,8 @@ class PodBuilder:
         self.o["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         return self
 
-    def exited(self, code: int) -> PodBuilder:
+    def exited(self, code: int, at: float | None = None) -> PodBuilder:
+        """The container ended with `code` (at `at` seconds from T0, when given)."""
         self.o["status"] = {
             "phase": "Succeeded" if code == 0 else "Failed",
             "containerStatuses": [
@@ -112,6 +113,7 @@ class PodBuilder:
                         "terminated": {
                             "exitCode": code,
                             "reason": "Completed" if code == 0 else "Error",
+                            **({"finishedAt": stamp(at)} if at is not None else {}),
                         }
                     },
                 }

@@ -791,3 +791,71 @@ def test_elastic_grow_is_recorded_once_the_new_pod_runs():
     assert out.status["resizes"] == 2 and out.status["workers"] == 3
     assert [e.reason for e in out.events] == ["Grown"]
     assert out.requeue_after is None
+
+
+def test_elastic_workers_finishing_one_by_one_are_not_a_shrink():
+    pods = elastic_pods(3, {0: lambda b: b.exited(0)})
+    out = decide("elastic", Case(elastic_job(workers=3), pods=pods))
+    assert out.phase.phase == "Running" and "1 finished" in out.phase.message
+    assert out.status["workers"] == 3 and out.status["resize_history"] == []
+    assert not out.create and not out.delete and not out.events
+
+
+def peer_lost_world():
+    """Rank 0 exited 76 (it lost its peer) at T0; rank 1 still looks Running on n1."""
+    return [make_pod("llm", 0).exited(76, at=0).obj(), make_pod("llm", 1).running().obj()]
+
+
+@table(
+    (
+        "a peer reported lost: wait a moment for the others to report",
+        Case(admitted_job(phase="Running"), pods=peer_lost_world(), now=1, expect={"requeue": 2.0}),
+    ),
+    (
+        "the lost peer's pod still looks alive: restart now, force it, suspect its node",
+        Case(
+            admitted_job(phase="Running"),
+            pods=peer_lost_world(),
+            now=4,
+            expect={
+                "phase": ("Restarting", "PodLost"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 10.0,
+                "status": {"restarts": 1, "restart_generation": 1},
+            },
+        ),
+    ),
+    (
+        "the root cause is there: restart for it, no suspect",
+        Case(
+            admitted_job(phase="Running"),
+            pods=[make_pod("llm", 0).exited(76, at=0).obj(), make_pod("llm", 1).exited(137).obj()],
+            now=4,
+            expect={
+                "phase": ("Restarting", "WorkerFailed"),
+                "delete": ["llm-worker-0-0", "llm-worker-1-0"],
+                "requeue": 10.0,
+                "status": {"restarts": 1, "restart_generation": 1},
+            },
+        ),
+    ),
+)
+def test_failed_with_a_silent_peer(case):
+    check("failed", case)
+
+
+def test_a_silent_peer_is_deleted_at_once_and_its_node_avoided_by_the_next_admission():
+    out = decide("failed", Case(admitted_job(phase="Running"), pods=peer_lost_world(), now=4))
+    forced = {d.name: d.force for d in out.delete}
+    assert forced == {"llm-worker-0-0": False, "llm-worker-1-0": True}
+    (suspect,) = out.status["suspect_nodes"]
+    assert suspect.node == "n1" and "llm-worker-1-0 went silent" in suspect.reason
+    assert "rank 1 (pod llm-worker-1-0) was lost: it went silent on node n1" in out.phase.message
+    # The next generation: admitted on three free nodes, never on n1.
+    suspects = [{"node": "n1", "since": stamp(4), "reason": "silent"}]
+    queued = make_job().status(restartGeneration=1, suspectNodes=suspects).obj()
+    out = decide("admit", Case(queued, cluster=nodes(3), now=30))
+    assert out.phase.reason == "Admitted" and out.status["admission"].nodes == ["n0", "n2"]
+    # Long after, the suspicion has lapsed.
+    out = decide("admit", Case(queued, cluster=nodes(2), now=4 + 301))
+    assert out.status["admission"].nodes == ["n0", "n1"] and out.status["suspect_nodes"] == []

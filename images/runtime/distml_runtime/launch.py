@@ -17,6 +17,7 @@ PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torch
   for a change of membership, not a failure: the group meets again in one rendezvous round
   (elastic jobs go on at the new size) without spending one of torchrun's max restarts, at most
   DISTML_MAX_MEMBERSHIP_CHANGES times (default 1000);
+- leaves the rendezvous open when its own workers failed for good, so its peers can go on;
 - gives every rendezvous round a fresh store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE): ranks of a
   new round must never read the addresses the ranks of an earlier one left in a shared store.
 """
@@ -86,6 +87,16 @@ def elastic_agent() -> type[Any]:
                     file=sys.stderr,
                     flush=True,
                 )
+            return result
+
+        def run(self, role: str = "default") -> Any:
+            result = super().run(role)
+            if result.is_failed():
+                # Leave without closing the rendezvous (torch closes it for good when an agent
+                # ends with failed workers): whether the others go on without this pod or the
+                # group restarts is the operator's call, not this pod's.
+                handler = self._worker_group.spec.rdzv_handler
+                setattr(handler, "shutdown", lambda: True)  # noqa: B010
             return result
 
     return Agent

@@ -255,6 +255,14 @@ class Admission(_Model):
     time: str | None = Field(None, description="When the gang was admitted.")
 
 
+class SuspectNode(_Model):
+    """A node a restart left because its pod went silent while its peers reported it lost."""
+
+    node: str = Field(..., description="The node.")
+    since: str = Field(..., description="When the operator took it for suspect.")
+    reason: str = Field("", description="Why, in a sentence.")
+
+
 class Resize(_Model):
     """One change of an elastic job's size."""
 
@@ -293,6 +301,11 @@ class TrainingJobStatus(_Model):
         None, description="Elastic jobs: the workers in the group as last counted."
     )
     elastic_range: str = Field("", description="Elastic jobs: min-max, for kubectl get.")
+    suspect_nodes: list[SuspectNode] = Field(
+        default_factory=list,
+        description="Nodes the job's next generations avoid for a while: their pods went "
+        "silent while their peers reported them lost (a node cut off, a hung worker).",
+    )
     resize_history: list[Resize] = Field(
         default_factory=list, description="Elastic jobs: the latest resizes, oldest first."
     )

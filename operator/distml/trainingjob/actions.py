@@ -18,13 +18,16 @@ Obj = dict[str, Any]
 
 
 def deletions(
-    o: Observation, pods: Iterable[Obj], only_live: bool = False
+    o: Observation,
+    pods: Iterable[Obj],
+    only_live: bool = False,
+    force: frozenset[str] = frozenset(),
 ) -> tuple[PodDeletion, ...]:
     out = []
     for pod in pods:
         if only_live and podstate.is_terminal(pod):
             continue
-        dead = o.node_dead(pod)
+        dead = o.node_dead(pod) or pod["metadata"]["name"] in force
         # A pod already deleting on a healthy node finishes on its own; one on a dead node
         # never will, since no kubelet answers: remove it from the API (force).
         if podstate.is_deleting(pod) and not dead:
@@ -79,9 +82,15 @@ def _again_after(o: Observation, attempts: int) -> tuple[float, dict[str, Any]]:
     return wait, {**next_generation(o), "next_attempt_time": at}
 
 
-def restart(o: Observation, failures: list[Failure]) -> Outcome:
+def restart(
+    o: Observation,
+    failures: list[Failure],
+    force: frozenset[str] = frozenset(),
+    status: Mapping[str, Any] | None = None,
+) -> Outcome:
     """Failed or lost workers: restart the whole group after a backoff, or fail the job when
-    its restart policy or backoffLimit says so."""
+    its restart policy or backoffLimit says so. `force`: pods deleted with no grace period;
+    `status`: more fields to record with the decision."""
     decision = decide_restart(
         failures,
         o.spec.restart_policy,
@@ -90,7 +99,7 @@ def restart(o: Observation, failures: list[Failure]) -> Outcome:
         o.spec.run_policy.backoff_limit,
     )
     if not decision.restart:
-        return finish(o, Phase.FAILED, decision.reason, decision.message)
+        return finish(o, Phase.FAILED, decision.reason, decision.message, status)
     restarts = o.status.restarts + 1
     wait, again = _again_after(o, restarts)
     return Outcome(
@@ -100,8 +109,8 @@ def restart(o: Observation, failures: list[Failure]) -> Outcome:
             f"{decision.message}; next attempt in {wait:.0f}s",
             "Warning",
         ),
-        status={**again, "restarts": restarts},
-        delete=deletions(o, o.current),
+        status={**(status or {}), **again, "restarts": restarts},
+        delete=deletions(o, o.current, force=force),
         requeue_after=wait,
         signals=Signals(restarted=True),
     )

@@ -3,6 +3,7 @@ calls it for every job event, so it skips the models)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from distml import admission, rendering
@@ -30,6 +31,9 @@ def demand(job: Obj) -> admission.Gang | None:
     elif phase in (Phase.CREATING, Phase.RUNNING) and status.get("admittedTime"):
         admitted = ("",) * replicas  # admitted by an operator that kept no admission record
     nodes = rendering.node_filter(spec.get("template") or {}, gpus)
+    suspects = frozenset(s["node"] for s in status.get("suspectNodes") or [])
+    if suspects:
+        nodes = dataclasses.replace(nodes, avoid=suspects)
     return admission.Gang(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),

@@ -13,12 +13,13 @@ from functools import cached_property
 from typing import Any
 
 from distml import admission, labels, podstate
-from distml.api.models import Admission, TrainingJobSpec, TrainingJobStatus
-from distml.podstate import iso
+from distml.api.models import Admission, SuspectNode, TrainingJobSpec, TrainingJobStatus
+from distml.podstate import iso, parse_time
 from distml.policies import disruption
 from distml.trainingjob.model import Settings, World, read_status
 
 Obj = dict[str, Any]
+SUSPECT_SECONDS = 300.0  # how long a job's admissions avoid a node its pod went silent on
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ class Observation:
         """How many workers the current generation runs."""
         adm = self.admission
         return self.spec.replicas if self.spec.elastic or adm is None else adm.replicas
+
+    @cached_property
+    def suspects(self) -> list[SuspectNode]:
+        """The suspect nodes this job's admissions still avoid."""
+        bound = dt.timedelta(seconds=SUSPECT_SECONDS)
+        return [
+            s
+            for s in self.status.suspect_nodes
+            if (since := parse_time(s.since)) is not None and self.now - since < bound
+        ]
 
     # --- its pods -------------------------------------------------------------------------
 

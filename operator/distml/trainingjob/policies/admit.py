@@ -19,7 +19,10 @@ def decide(o: Observation) -> Outcome | None:
     if o.admission is not None:
         return None
     queued = o.status.queued_time or o.stamp
-    status = o.status.model_copy(update={"queued_time": queued, "admission": None})
+    suspects = o.suspects
+    status = o.status.model_copy(
+        update={"queued_time": queued, "admission": None, "suspect_nodes": suspects}
+    )
     mine = demand({**o.world.job, "status": dump_status(status)})
     assert mine is not None
     # Its admission is what is being decided, whatever an older status says (an operator that
@@ -37,7 +40,11 @@ def decide(o: Observation) -> Outcome | None:
         kind = "Warning" if verdict.reason in ("NoNodeFits", "NoMatchingNode") else "Normal"
         return Outcome(
             phase=PhaseChange(Phase.QUEUED, verdict.reason, verdict.message, kind),
-            status={"queued_time": queued, "queue_position": verdict.position},
+            status={
+                "queued_time": queued,
+                "queue_position": verdict.position,
+                "suspect_nodes": suspects,
+            },
             requeue_after=o.settings.queued_recheck_seconds,
         )
     adm = Admission(
@@ -62,6 +69,7 @@ def decide(o: Observation) -> Outcome | None:
             "gang_attempts": o.status.gang_attempts + 1,
             "next_attempt_time": None,
             "start_time": o.status.start_time or o.stamp,
+            "suspect_nodes": suspects,
         },
         create=actions.create_missing(o, adm, set(), o.spec.replicas),
         requeue_after=o.spec.gang.timeout_seconds,

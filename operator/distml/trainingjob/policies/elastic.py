@@ -107,7 +107,9 @@ def decide(o: Observation) -> Outcome | None:
         time=adm.time,
     )
     running = [p for p in staying if podstate.phase(p) == "Running"]
-    history, events, resized = _resizes(o, lost, leaving, len(running))
+    # Workers that finish one by one at the end are not a shrink: the count stays as it was.
+    workers = len(running) if not finished or o.status.workers is None else o.status.workers
+    history, events, resized = _resizes(o, lost, leaving, workers)
     bounds = f"elastic {el.min_replicas}-{el.max_replicas}"
     message = f"{len(running)} of {target} workers running ({bounds})"
     if finished:
@@ -130,7 +132,7 @@ def decide(o: Observation) -> Outcome | None:
         phase=phase,
         status={
             "admission": new_adm,
-            "workers": len(running),
+            "workers": workers,
             "resizes": o.status.resizes + len(resized),
             "resize_history": history,
             "conditions": [Condition.model_validate(c) for c in conditions],

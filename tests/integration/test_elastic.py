@@ -1,0 +1,175 @@
+"""Elastic TrainingJobs on process nodes (real DDP training, one network host per node): a node
+cut off with no spare node shrinks the job, which grows back when the node returns; kubectl scale
+moves it within its bounds and is refused outside them; a killed worker process is restarted in
+its pod. None of it is a restart of the group, and training never starts again from step 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from kubernetes import client
+
+from distml.localcluster import faults
+
+from . import jobs
+from .helpers import wait_for
+from .procnodes import ddp_job, events_of, training_pids
+
+
+def elastic_job(name: str, ckpt: str, steps: int, replicas: int = 3) -> dict:
+    body = ddp_job(name, ckpt, steps=steps, delay=0.1, replicas=replicas, peerTimeoutSeconds=5)
+    body["spec"]["elastic"] = {"minReplicas": 2, "maxReplicas": 3}
+    return body
+
+
+def rank0_events(core: client.CoreV1Api, ns: str, job: str) -> list[dict]:
+    """What rank 0 printed, in time order. Rank 0 is whichever pod the rendezvous ranked first
+    in each round, so every pod's log is read."""
+    seen: dict[tuple, dict] = {}
+    for pod in jobs.live_pods(core, ns, job):
+        for e in events_of(core, ns, pod.metadata.name):
+            seen[(e["event"], e.get("step"), e["time"])] = e
+    return sorted(seen.values(), key=lambda e: e["time"])
+
+
+def resumed_at(core, ns: str, job: str, world: int, after: float = 0.0) -> list[dict]:
+    return [
+        e
+        for e in rank0_events(core, ns, job)
+        if e["event"] == "resume" and e["world_size"] == world and e["time"] > after
+    ]
+
+
+def history(custom, ns: str, job: str) -> list[tuple[int, int, str]]:
+    st = jobs.status(custom, ns, job)
+    return [(r["fromReplicas"], r["toReplicas"], r["reason"]) for r in st.get("resizeHistory", [])]
+
+
+def training(core, ns: str, job: str, world: int) -> None:
+    """Waits for rank 0 to train at `world` ranks (after having started)."""
+    wait_for(
+        f"training at {world} ranks",
+        lambda: any(e["event"] == "step" and e["step"] >= 10 for e in rank0_events(core, ns, job)),
+        timeout=240,
+        every=1,
+    )
+
+
+def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
+):
+    path, _folder = checkpoints
+    jobs.create(custom, namespace, elastic_job("el", path, steps=1800))
+    jobs.wait_phase(custom, namespace, "el", "Running", timeout=240)
+    training(core, namespace, "el", 3)
+    victim = next(p for p in jobs.pods(core, namespace, "el") if p.metadata.name == "el-worker-2-0")
+    node = victim.spec.node_name
+    cut_at = time.time()
+    faults.node_cut(cluster, node)
+    try:
+        # The ranks find the silent peer (peerTimeoutSeconds 5) and go on without it.
+        (shrunk,) = wait_for(
+            "training without the cut-off node",
+            lambda: resumed_at(core, namespace, "el", 2, cut_at),
+            timeout=120,
+            every=1,
+        )
+        assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
+        # The operator follows once the node counts as lost: no restart, no spare node.
+        st = jobs.wait_reporting(
+            custom, namespace, "el", "the job to wait for capacity",
+            lambda: (s := jobs.status(custom, namespace, "el")).get("reason")
+            == "WaitingForCapacity" and s,
+            timeout=150,
+        )  # fmt: skip
+        noticed = time.time() - cut_at
+        assert st["phase"] == "Running" and st["restarts"] == 0 and st["restartGeneration"] == 0
+        assert (3, 2, "NodeLost") in history(custom, namespace, "el")
+        assert "waiting for capacity for 1 x 2 nvidia.com/gpu" in st["message"]
+        jobs.reasons_once(core, namespace, "el", "Shrunk")
+    finally:
+        faults.node_cut(cluster, node, off=False)
+    back_at = time.time()
+    (grown,) = wait_for(
+        "training at 3 again",
+        lambda: resumed_at(core, namespace, "el", 3, back_at),
+        timeout=240,
+        every=1,
+    )
+    assert grown["step"] >= shrunk["step"]
+    wait_for(
+        "the grow in status",
+        lambda: (2, 3, "Replaced") in history(custom, namespace, "el"),
+        timeout=60,
+    )
+    st = jobs.wait_phase(custom, namespace, "el", "Succeeded", timeout=400)
+    assert st["restarts"] == 0 and st["restartGeneration"] == 0 and st["resizes"] == 2
+    assert [e["world_size"] for e in rank0_events(core, namespace, "el") if e["event"] == "done"]
+    with capsys.disabled():
+        print(
+            f"\n[elastic] node cut off: training at 2 after {shrunk['time'] - cut_at:.1f}s, "
+            f"the operator's shrink after {noticed:.1f}s; node back: training at 3 after "
+            f"{grown['time'] - back_at:.1f}s"
+        )
+
+
+def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in_its_pod(
+    process_nodes, operator, core, custom, namespace, checkpoints
+):
+    path, folder = checkpoints
+    jobs.create(custom, namespace, elastic_job("el", path, steps=1200))
+    jobs.wait_phase(custom, namespace, "el", "Running", timeout=240)
+    training(core, namespace, "el", 3)
+    uids = {p.metadata.name: p.metadata.uid for p in jobs.pods(core, namespace, "el")}
+
+    # kill -9 of one worker process: torchrun restarts it in its pod, the others meet it again.
+    killed_at = time.time()
+    os.kill(training_pids(folder)[0], signal.SIGKILL)
+    (again,) = wait_for(
+        "training again after the kill",
+        lambda: resumed_at(core, namespace, "el", 3, killed_at),
+        timeout=120,
+        every=1,
+    )
+    assert again["step"] >= 10
+    assert {p.metadata.name: p.metadata.uid for p in jobs.pods(core, namespace, "el")} == uids
+    st = jobs.status(custom, namespace, "el")
+    assert st["restarts"] == 0 and st["phase"] == "Running"
+
+    def scale(n: int) -> None:
+        custom.patch_namespaced_custom_object_scale(
+            jobs.GROUP, jobs.VERSION, namespace, jobs.PLURAL, "el", {"spec": {"replicas": n}}
+        )
+
+    with pytest.raises(client.ApiException) as refused:
+        scale(4)
+    assert refused.value.status == 422
+    assert "between spec.elastic.minReplicas and maxReplicas" in refused.value.body
+
+    down_at = time.time()
+    scale(2)
+    (down,) = wait_for(
+        "training at 2", lambda: resumed_at(core, namespace, "el", 2, down_at), timeout=120, every=1
+    )
+    left = [e for e in rank0_events(core, namespace, "el") if e["event"] == "peer-left"]
+    assert left and down["step"] == left[-1]["step"]  # the leaving rank's checkpoint: no step lost
+    wait_for("the shrink in status",
+             lambda: (3, 2, "ScaledDown") in history(custom, namespace, "el"), timeout=60)  # fmt: skip
+    assert [p.metadata.name for p in jobs.live_pods(core, namespace, "el")] == [
+        "el-worker-0-0",
+        "el-worker-1-0",
+    ]
+
+    up_at = time.time()
+    scale(3)
+    wait_for(
+        "training at 3", lambda: resumed_at(core, namespace, "el", 3, up_at), timeout=180, every=1
+    )
+    wait_for("the grow in status",
+             lambda: (2, 3, "ScaledUp") in history(custom, namespace, "el"), timeout=60)  # fmt: skip
+    st = jobs.wait_phase(custom, namespace, "el", "Succeeded", timeout=400)
+    assert st["restarts"] == 0 and st["restartGeneration"] == 0
+    jobs.reasons_once(core, namespace, "el", "Grown")
