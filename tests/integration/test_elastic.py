@@ -155,9 +155,13 @@ def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in
         "training at 2", lambda: resumed_at(core, namespace, "el", 2, down_at), timeout=120, every=1
     )
     left = [e for e in rank0_events(core, namespace, "el") if e["event"] == "peer-left"]
-    assert left and down["step"] == left[-1]["step"]  # the leaving rank's checkpoint: no step lost
-    wait_for("the shrink in status",
-             lambda: (3, 2, "ScaledDown") in history(custom, namespace, "el"), timeout=60)  # fmt: skip
+    # The ranks resume from the checkpoint they all wrote as the leaver went: no step lost.
+    assert left and down["step"] == left[-1]["step"]
+    wait_for(
+        "the shrink in status",
+        lambda: (3, 2, "ScaledDown") in history(custom, namespace, "el"),
+        timeout=60,
+    )
     assert [p.metadata.name for p in jobs.live_pods(core, namespace, "el")] == [
         "el-worker-0-0",
         "el-worker-1-0",
@@ -168,8 +172,11 @@ def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in
     wait_for(
         "training at 3", lambda: resumed_at(core, namespace, "el", 3, up_at), timeout=180, every=1
     )
-    wait_for("the grow in status",
-             lambda: (2, 3, "ScaledUp") in history(custom, namespace, "el"), timeout=60)  # fmt: skip
+    wait_for(
+        "the grow in status",
+        lambda: (2, 3, "ScaledUp") in history(custom, namespace, "el"),
+        timeout=60,
+    )
     st = jobs.wait_phase(custom, namespace, "el", "Succeeded", timeout=400)
     assert st["restarts"] == 0 and st["restartGeneration"] == 0
     jobs.reasons_once(core, namespace, "el", "Grown")

@@ -82,9 +82,7 @@ def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, folder = checkpoints
-    jobs.create(
-        custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5)
-    )
+    jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5))
     wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
     victim = next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
     node = victim.spec.node_name

@@ -203,11 +203,13 @@ def test_an_application_error_is_not_a_membership_change(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1 and "membership change" not in done.stderr
     program.write_text(f"import sys\nsys.exit({EXIT_PEER_LOST})\n")
-    env["DISTML_MAX_MEMBERSHIP_CHANGES"] = "2"
-    done = subprocess.run(
-        [sys.executable, "-m", "distml_runtime.launch", "--", sys.executable, str(program)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    # Standalone, the group meets again twice (its budget), then ends with the code.
+    launch = [sys.executable, "-m", "distml_runtime.launch", "--", sys.executable, str(program)]
+    # A group of fixed size cannot go on without its peer: it ends with the code at once.
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_PEER_LOST and "membership change" not in done.stderr
+    # An elastic one meets again, here twice (its budget), then ends with the code.
+    env.update(PET_NNODES="1:2", PET_RDZV_CONF="last_call_timeout=1",
+               DISTML_MAX_MEMBERSHIP_CHANGES="2")  # fmt: skip
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
     assert done.stderr.count("membership change") == 2
     assert done.returncode == EXIT_PEER_LOST

@@ -15,7 +15,7 @@ from distml_runtime.bench.report import (
     make_result,
     message_sizes,
 )
-from distml_runtime.launch import exit_code_for, membership_change, torchrun_argv
+from distml_runtime.launch import elastic_group, exit_code_for, membership_change, torchrun_argv
 from distml_runtime.train.data import batch_indices
 
 
@@ -171,3 +171,10 @@ def test_peer_timeout_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(peers.TIMEOUT_ENV, "0")
     with pytest.raises(ValueError, match="must be > 0"):
         peers.timeout()
+
+
+@pytest.mark.parametrize(
+    ("nnodes", "elastic"), [("2:4", True), ("1:2", True), ("4", False), ("4:4", False)]
+)
+def test_only_a_group_with_room_to_change_size_is_elastic(nnodes, elastic):
+    assert elastic_group(nnodes) is elastic

@@ -464,7 +464,7 @@ def test_preflight(case):
             expect={
                 "phase": ("Restarting", "PodLost"),
                 "delete": ["llm-worker-0-0", "llm-worker-1-0"],
-                "requeue": 10,
+                "requeue": 0.0,  # lost with its node: no backoff
                 "status": {"restarts": 1},
             },
         ),
@@ -551,7 +551,7 @@ def test_node_loss(case):
             expect={
                 "phase": ("Restarting", "PodLost"),
                 "delete": ["llm-worker-0-0"],
-                "requeue": 10,
+                "requeue": 0.0,  # not the job's failure: no backoff
                 "status": {"restarts": 1},
             },
         ),
@@ -820,7 +820,7 @@ def peer_lost_world():
             expect={
                 "phase": ("Restarting", "PodLost"),
                 "delete": ["llm-worker-0-0", "llm-worker-1-0"],
-                "requeue": 10.0,
+                "requeue": 0.0,  # the node is avoided: no backoff
                 "status": {"restarts": 1, "restart_generation": 1},
             },
         ),

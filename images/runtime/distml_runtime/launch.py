@@ -13,10 +13,11 @@ PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torch
   worker died of signal N (killed, OOM-killed, preempted: retryable); a worker's own exit code
   1-127 otherwise (an application error: restarting will not help); 75 (EX_TEMPFAIL) when the
   rendezvous itself failed (retryable); 76 when the workers lost a peer (retryable);
-- takes workers that all exited 76 (they lost a peer, or a peer left: see distml_runtime.peers)
-  for a change of membership, not a failure: the group meets again in one rendezvous round
-  (elastic jobs go on at the new size) without spending one of torchrun's max restarts, at most
-  DISTML_MAX_MEMBERSHIP_CHANGES times (default 1000);
+- in an elastic group (PET_NNODES min:max), takes workers that all exited 76 (they lost a peer,
+  or a peer left: see distml_runtime.peers) for a change of membership, not a failure: the
+  group meets again in one rendezvous round at the new size without spending one of torchrun's
+  max restarts, at most DISTML_MAX_MEMBERSHIP_CHANGES times (default 1000); a group of fixed
+  size ends with 76 instead, for the operator to restart it elsewhere;
 - leaves the rendezvous open when its own workers failed for good, so its peers can go on;
 - gives every rendezvous round a fresh store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE): ranks of a
   new round must never read the addresses the ranks of an earlier one left in a shared store.
@@ -60,12 +61,22 @@ def membership_change(exit_codes: list[int]) -> bool:
     return bool(exit_codes) and all(code == EXIT_PEER_LOST for code in exit_codes)
 
 
+def elastic_group(nnodes: str) -> bool:
+    """Whether torchrun's --nnodes (PET_NNODES) lets the group change size ("2:4" does, "4" and
+    "4:4" do not). A group of fixed size that lost a peer cannot go on: its pods end with 76 and
+    the operator restarts the group elsewhere."""
+    low, _, high = nnodes.partition(":")
+    return bool(high) and int(low) < int(high)
+
+
 def elastic_agent() -> type[Any]:
     """torchrun's agent, told apart failures from changes of membership (see the module doc)."""
     from torch.distributed.elastic.agent.server.api import WorkerState
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     budget = int(os.environ.get(MEMBERSHIP_ENV, "1000"))
+    if not elastic_group(os.environ.get("PET_NNODES", "1")):
+        budget = 0
 
     class Agent(LocalElasticAgent):
         membership_changes = 0

@@ -356,6 +356,15 @@ SPEC_RULES: list[dict[str, str]] = [
         "fieldPath": ".parallelism",
     },
     {
+        "rule": "!has(self.elastic) || !has(self.parallelism) || (has(self.nprocPerReplica) ? "
+        "self.nprocPerReplica : (self.gpusPerReplica > 0 ? self.gpusPerReplica : 1)) % "
+        "(self.parallelism.pipeline * self.parallelism.tensor) == 0",
+        "message": "an elastic job with spec.parallelism needs nprocPerReplica (default "
+        "gpusPerReplica) to be a multiple of pipeline x tensor: the group grows and shrinks a "
+        "pod at a time, and every size must hold whole model replicas",
+        "fieldPath": ".parallelism",
+    },
+    {
         "rule": "self.dnsNames == oldSelf.dnsNames",
         "message": "spec.dnsNames cannot change once the job exists",
         "fieldPath": ".dnsNames",

@@ -10,7 +10,7 @@ from typing import Any
 from distml import podstate, rendering
 from distml.api.models import Admission, CleanPodPolicy, Phase
 from distml.podstate import iso
-from distml.policies.restart import Failure, backoff_seconds, decide_restart
+from distml.policies.restart import PEER_LOST, Failure, backoff_seconds, decide_restart
 from distml.trainingjob.model import Outcome, PhaseChange, PodDeletion, Signals
 from distml.trainingjob.observe import Observation
 
@@ -88,9 +88,9 @@ def restart(
     force: frozenset[str] = frozenset(),
     status: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """Failed or lost workers: restart the whole group after a backoff, or fail the job when
-    its restart policy or backoffLimit says so. `force`: pods deleted with no grace period;
-    `status`: more fields to record with the decision."""
+    """Failed or lost workers: restart the whole group after a backoff (none when every cause
+    is a lost pod), or fail the job when its restart policy or backoffLimit says so. `force`:
+    pods deleted with no grace period; `status`: more fields to record with the decision."""
     decision = decide_restart(
         failures,
         o.spec.restart_policy,
@@ -102,6 +102,11 @@ def restart(
         return finish(o, Phase.FAILED, decision.reason, decision.message, status)
     restarts = o.status.restarts + 1
     wait, again = _again_after(o, restarts)
+    causes = [f for f in failures if f.exit_code != PEER_LOST]
+    if causes and all(f.exit_code is None for f in causes):
+        # Pods lost with their node (gone, NotReady, silent): not the job's own failure, and its
+        # next gang avoids that node; no backoff (backoffLimit still bounds the restarts).
+        wait, again = 0.0, {**again, "next_attempt_time": o.stamp}
     return Outcome(
         phase=PhaseChange(
             Phase.RESTARTING,
