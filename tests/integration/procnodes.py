@@ -69,6 +69,7 @@ def events_of(core: client.CoreV1Api, ns: str, pod: str) -> list[dict]:
     none from a pod whose node does not answer (cut off) within a few seconds."""
     try:
         text = core.read_namespaced_pod_log(pod, ns, container="trainer", _request_timeout=(3, 8))
+        text = text or ""
     except (client.ApiException, urllib3.exceptions.HTTPError):
         return []
     return [json.loads(li) for li in text.splitlines() if li.startswith("{")]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
+from distml.handlers.kinds import TRAINING
 from distml.handlers.registry import JobWorkers
 
 
@@ -32,3 +35,17 @@ def test_a_failing_reconcile_is_logged_naming_the_job_and_retried(caplog):
     assert calls == [("TrainingJob", "team", "llm")] * 2
     (record,) = caplog.records
     assert record.getMessage() == "reconcile of TrainingJob team/llm failed; retrying in 1.0s"
+
+
+@pytest.mark.parametrize(
+    ("status", "waits"),
+    [
+        ({"phase": "Queued"}, True),
+        ({"phase": "Restarting"}, True),
+        ({"phase": "Running", "reason": "WaitingForCapacity"}, True),  # elastic, running smaller
+        ({"phase": "Running", "reason": "Running"}, False),
+        ({"phase": "Succeeded"}, False),
+    ],
+)
+def test_a_training_job_that_waits_for_gpus_is_woken_when_they_free_up(status, waits):
+    assert TRAINING.waits(status) is waits

@@ -848,6 +848,7 @@ def test_a_silent_peer_is_deleted_at_once_and_its_node_avoided_by_the_next_admis
     out = decide("failed", Case(admitted_job(phase="Running"), pods=peer_lost_world(), now=4))
     forced = {d.name: d.force for d in out.delete}
     assert forced == {"llm-worker-0-0": False, "llm-worker-1-0": True}
+    assert out.status["workers"] is None  # a new generation is counted afresh, not a resize
     (suspect,) = out.status["suspect_nodes"]
     assert suspect.node == "n1" and "llm-worker-1-0 went silent" in suspect.reason
     assert "rank 1 (pod llm-worker-1-0) was lost: it went silent on node n1" in out.phase.message

@@ -88,7 +88,11 @@ TRAINING = Kind(
     status_changed=trainingjob.status_changed,
     phases=tuple(p.value for p in models.Phase),
     gauge=metrics.JOBS,
-    waits=lambda status: status.get("phase") in (models.Phase.QUEUED, models.Phase.RESTARTING),
+    # Queued or restarting gangs, and elastic jobs running smaller until GPUs free up.
+    waits=lambda status: (
+        status.get("phase") in (models.Phase.QUEUED, models.Phase.RESTARTING)
+        or status.get("reason") == "WaitingForCapacity"
+    ),
     observe=_observe_training,
     counts_only=trainingjob.only_counts_changed,
     starting_phase=models.Phase.CREATING,

@@ -69,7 +69,7 @@ def finish(
 def next_generation(o: Observation) -> dict[str, Any]:
     """The current generation is over: its admission no longer holds GPUs in the ledger, and
     its pods become stale, deleted before the next is admitted."""
-    return {"restart_generation": o.generation + 1, "queue_position": None}
+    return {"restart_generation": o.generation + 1, "queue_position": None, "workers": None}
 
 
 def _again_after(o: Observation, attempts: int) -> tuple[float, dict[str, Any]]:
