@@ -136,6 +136,13 @@ def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in
     )
     assert again["step"] >= 10
     assert {p.metadata.name: p.metadata.uid for p in jobs.pods(core, namespace, "el")} == uids
+    wait_for(
+        "a step after the kill",
+        lambda: any(e["event"] == "step" and e["time"] > again["time"]
+                    for e in rank0_events(core, namespace, "el")),
+        timeout=60,
+        every=1,
+    )  # fmt: skip
     st = jobs.status(custom, namespace, "el")
     assert st["restarts"] == 0 and st["phase"] == "Running"
 
