@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from distml_runtime.peers import EXIT_PEER_LOST
+
 TRAIN = [sys.executable, "-m", "distml_runtime.train.ddp", "--no-metrics"]
 
 
@@ -108,7 +110,9 @@ def test_killed_run_resumes_from_its_checkpoint_with_another_world_size(tmp_path
 
 def test_ranks_signalled_at_different_steps_stop_together_at_one_step(tmp_path):
     """SIGTERM reaches each rank when it reaches it: one rank alone must not enter a
-    collective its peers skip. Both stop at the same step, checkpoint once, exit 143."""
+    collective its peers skip. Both stop at the same step and checkpoint once. The rank told to
+    stop exits 143; one whose peer was told first may stop before its own SIGTERM arrives, and
+    exits 76 (a peer left: under torchrun, its group meets again without the leaver)."""
     proc = subprocess.Popen(
         [*TRAIN, "--nproc", "2", "--steps", "100000", "--step-delay", "0.03",
          "--log-every", "100000", "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "10"],
@@ -130,10 +134,11 @@ def test_ranks_signalled_at_different_steps_stop_together_at_one_step(tmp_path):
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 143, _failure(err)
+    assert proc.returncode in (143, EXIT_PEER_LOST), _failure(err)
     # Both may stop at the very step of the checkpoint read above: it is not written twice.
     events = [*seen, *_events(out)]
-    assert [e["event"] for e in events][-2:] == ["checkpoint", "preempted"]
+    assert events[-2]["event"] == "checkpoint"
+    assert events[-1]["event"] in ("preempted", "peer-left")  # as rank 0 was told, or its peer
     assert events[-2]["step"] == events[-1]["step"]
 
 
