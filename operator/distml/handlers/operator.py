@@ -48,6 +48,18 @@ def _version(obj: dict[str, Any]) -> int:
         return 0
 
 
+def _cache(cache: dict[str, Any], event_type: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Applies a watch event of a cluster-scoped object to `cache` (by name); returns what the
+    cache held before."""
+    name = obj["metadata"]["name"]
+    before = cache.get(name)
+    if event_type == "DELETED":
+        cache.pop(name, None)
+    else:
+        cache[name] = obj
+    return before
+
+
 async def _retrying(fn: Any, *args: Any, passes: tuple[type[Exception], ...] = ()) -> Any:
     """`fn(*args)` until it answers, backing off to 2 s; an exception in `passes` is raised."""
     delay = 0.25
@@ -144,12 +156,7 @@ class Operator:
     # --- caches fed by watch events ----------------------------------------------------------
 
     def on_node(self, event_type: str, node: dict[str, Any]) -> None:
-        name = node["metadata"]["name"]
-        before = self.nodes.get(name)
-        if event_type == "DELETED":
-            self.nodes.pop(name, None)
-        else:
-            self.nodes[name] = node
+        before = _cache(self.nodes, event_type, node)
         was = before is not None and podstate.node_ready(before)
         now = event_type != "DELETED" and podstate.node_ready(node)
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
@@ -172,12 +179,7 @@ class Operator:
                 log.warning("%s", found.message)
 
     def on_namespace(self, event_type: str, ns: dict[str, Any]) -> None:
-        name = ns["metadata"]["name"]
-        before = self.namespaces.get(name)
-        if event_type == "DELETED":
-            self.namespaces.pop(name, None)
-        else:
-            self.namespaces[name] = ns
+        before = _cache(self.namespaces, event_type, ns)
         if before is not None and (before["metadata"].get("labels") or {}) != (
             ns["metadata"].get("labels") or {}
         ):  # its Pod Security level may have changed

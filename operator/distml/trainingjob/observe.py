@@ -16,6 +16,7 @@ from distml import admission, labels, podstate
 from distml.api.models import Admission, SuspectNode, TrainingJobSpec, TrainingJobStatus
 from distml.podstate import iso, parse_time
 from distml.policies import disruption
+from distml.policies.restart import Failure
 from distml.trainingjob.model import Settings, World, read_status
 
 Obj = dict[str, Any]
@@ -132,6 +133,20 @@ class Observation:
 
     def held(self, pod: Obj) -> bool:
         return self.disrupted(pod) or self.loss_pending(pod) > 0
+
+    def failure(self, pod: Obj) -> Failure | None:
+        """How a pod failed (its exit code), or was lost with its node (gone, or NotReady and
+        not held); None while it runs or has succeeded."""
+        name, rank = pod["metadata"]["name"], podstate.rank(pod)
+        if podstate.phase(pod) == "Failed":
+            code = podstate.exit_code(pod)
+            why = podstate.failure_reason(pod)
+            return Failure(rank, name, code if code is not None else 1, why)
+        if not podstate.is_terminal(pod) and self.node_dead(pod) and not self.held(pod):
+            node = podstate.node_name(pod)
+            state = "gone" if node not in self.nodes else "NotReady"
+            return Failure(rank, name, None, f"its node {node} is {state}")
+        return None
 
 
 def observe(world: World, settings: Settings) -> Observation:

@@ -31,20 +31,13 @@ WAITING = "WaitingForCapacity"
 
 
 def lost_pod(o: Observation, pod: Obj) -> Failure | None:
-    """Why a pod of the group no longer counts, or None while it does (a pod on a node held by
-    a disruption or not silent long enough yet still counts)."""
-    name, rank = pod["metadata"]["name"], podstate.rank(pod)
-    if podstate.phase(pod) == "Failed":
-        code = podstate.exit_code(pod)
-        return Failure(rank, name, code if code is not None else 1, podstate.failure_reason(pod))
-    if podstate.is_terminal(pod) or o.held(pod):
-        return None
-    if o.node_dead(pod):
-        node = podstate.node_name(pod)
-        state = "gone" if node not in o.nodes else "NotReady"
-        return Failure(rank, name, None, f"its node {node} is {state}")
-    if podstate.is_deleting(pod) and rank < o.spec.replicas:
-        return Failure(rank, name, None, "the pod was deleted")
+    """Why a pod of the group no longer counts, or None while it does: it failed or was lost
+    with its node (as for any job), or it is being deleted from a slot the job still has."""
+    found = o.failure(pod)
+    if found is not None or podstate.is_terminal(pod) or o.held(pod):
+        return found
+    if podstate.is_deleting(pod) and podstate.rank(pod) < o.spec.replicas:
+        return Failure(podstate.rank(pod), pod["metadata"]["name"], None, "the pod was deleted")
     return None
 
 
@@ -151,7 +144,7 @@ def _place(o: Observation, vacant: list[int], nodes: list[str]) -> list[str]:
     assert adm is not None
     if not adm.gpus_per_replica:
         return [""] * len(vacant)
-    gang = demand({**o.world.job, "status": o.world.job.get("status") or {}})
+    gang = demand(o.world.job)
     assert gang is not None
     prefer = tuple(nodes[r] for r in vacant if nodes[r])
     return admission.room_for(

@@ -19,18 +19,7 @@ from distml.trainingjob.observe import Observation
 
 
 def failures(o: Observation) -> list[Failure]:
-    out = []
-    for pod in o.current:
-        name = pod["metadata"]["name"]
-        if podstate.phase(pod) == "Failed":
-            code = podstate.exit_code(pod)
-            why = podstate.failure_reason(pod)
-            out.append(Failure(podstate.rank(pod), name, code if code is not None else 1, why))
-        elif not podstate.is_terminal(pod) and o.node_dead(pod) and not o.held(pod):
-            node = podstate.node_name(pod)
-            why = "gone" if node not in o.nodes else "NotReady"
-            out.append(Failure(podstate.rank(pod), name, None, f"its node {node} is {why}"))
-    return out
+    return [f for pod in o.current if (f := o.failure(pod)) is not None]
 
 
 SILENT_GRACE_SECONDS = 3.0  # peers that lost the same rank report it within moments
@@ -64,12 +53,9 @@ def decide(o: Observation) -> Outcome | None:
         )
         for p in silent
     ]
+    silent_nodes = {podstate.node_name(p) for p in silent}
     suspects = [
-        *(
-            s
-            for s in o.status.suspect_nodes
-            if s.node not in {podstate.node_name(p) for p in silent}
-        ),
+        *(s for s in o.status.suspect_nodes if s.node not in silent_nodes),
         *(
             SuspectNode(
                 node=node,
