@@ -18,7 +18,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from distml import health, podpolicy
+from distml import health, placement, podpolicy
 from distml.handlers.operator import Operator, register
 from distml.handlers.settings import NoDiffBase
 from distml.kube import Kube
@@ -105,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         default=[p for p in os.environ.get("DISTML_ALLOWED_HOST_PATHS", "").split(":") if p],
         help="a hostPath folder worker pods may mount under baseline (repeatable)",
     )
+    ap.add_argument(
+        "--block-label",
+        default=os.environ.get("DISTML_BLOCK_LABEL", placement.Keys.block),
+        help="the node label that names a node's network block (pipeline stages of a job are "
+        "kept inside one); a node without it is a block of its own",
+    )
+    ap.add_argument(
+        "--zone-label",
+        default=os.environ.get("DISTML_ZONE_LABEL", placement.Keys.zone),
+        help="the node label that names a node's zone (shown in a job's status)",
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             backoff_cap_seconds=args.backoff_cap_seconds,
             backfill_seconds=args.backfill_seconds,
             node_loss_seconds=args.node_loss_seconds,
+            topology=placement.Keys(block=args.block_label, zone=args.zone_label),
             pod_rules=podpolicy.PodRules(
                 default_level=args.pod_security_level,
                 allow_node_name=args.allow_node_name,

@@ -16,6 +16,13 @@ cannot use yet (a half-free node for a gang of whole nodes); once the head has w
 head's delay by the bound plus the runtimes of the gangs backfilled before it.
 
 Gangs and their pods are told apart by the owner's UID, never by name.
+
+A gang with a rank layout (pipeline and tensor parallelism) is placed by distml.placement on the
+nodes it may use: tensor groups on one node, the fewest pipeline stage boundaries across network
+blocks; a SameBlock gang that fits by GPU count but not inside blocks waits (WaitingForBlock) and
+holds the blocks it waits for, or is told it never fits (NoBlockFits). Admission and placement
+are one decision: the reservation is on the nodes the plan chose. A gang that restarts prefers
+the nodes its previous generation ran on, while they are usable and have room.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distml import labels, podstate
+from distml import labels, placement, podstate
 from distml.nodefit import ANY_NODE, NodeFilter
 
 Obj = dict[str, Any]
@@ -49,6 +56,10 @@ class Gang:
     # The node of each rank of the admitted generation ("" where any node will do); None while
     # the gang waits for admission.
     admitted: tuple[str, ...] | None = None
+    # Its ranks' layout, when it is pipeline or tensor parallel: placed by topology.
+    layout: placement.Layout | None = None
+    # The node of each rank in its previous generation: kept where still usable with room.
+    prefer: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[int, int, str, str, str]:
@@ -68,11 +79,14 @@ class Gang:
 @dataclass(frozen=True)
 class Verdict:
     admitted: bool
-    reason: str  # Admitted | InsufficientGPUs | NoNodeFits | NoMatchingNode | WaitingInQueue
+    # Admitted | InsufficientGPUs | NoNodeFits | NoMatchingNode | WaitingInQueue |
+    # WaitingForBlock | NoBlockFits
+    reason: str
     message: str
     position: int | None = None  # 1-based place among the waiting gangs
     nodes: tuple[str, ...] = ()  # the node of each rank, when admitted (CPU-only: "")
     free: dict[str, int] = field(default_factory=dict)  # what this gang saw free, per node
+    placement: placement.Placement | None = None  # a gang placed by topology, when admitted
 
 
 @dataclass
@@ -180,16 +194,26 @@ def pinned_node(pod: Obj) -> str:
     return ""
 
 
-def _place(free: dict[str, int], nodes: list[str], replicas: int, gpus: int) -> list[str]:
-    """Places up to `replicas` replicas best-fit, taking their GPUs out of `free`."""
-    placed = []
-    for _ in range(replicas):
-        node = _best_fit(free, nodes, gpus)
-        if node is None:
-            break
-        free[node] -= gpus
-        placed.append(node)
-    return placed
+def _place(
+    free: dict[str, int], nodes: list[str], replicas: int, gpus: int, prefer: tuple[str, ...] = ()
+) -> list[str]:
+    """Places up to `replicas` replicas, rank by rank, taking their GPUs out of `free`: on the
+    `prefer`red node of each rank where it is among `nodes` with room, else best-fit. All placed:
+    the node of each rank; else the nodes of as many as fit."""
+    allowed = set(nodes)
+    placed: list[str | None] = [None] * replicas
+    for rank, node in enumerate(prefer[:replicas]):
+        if node in allowed and free[node] >= gpus:
+            free[node] -= gpus
+            placed[rank] = node
+    for rank in range(replicas):
+        if placed[rank] is None:
+            best = _best_fit(free, nodes, gpus)
+            if best is None:
+                break
+            free[best] -= gpus
+            placed[rank] = best
+    return [n for n in placed if n is not None]
 
 
 def room_for(
@@ -226,6 +250,7 @@ def plan_queue(
     now: dt.datetime,
     backfill_seconds: float = 300.0,
     until: str = "",
+    keys: placement.Keys = placement.Keys(),  # noqa: B008 (frozen)
 ) -> dict[str, Verdict]:
     """A verdict for every waiting gang (by UID), taken in queue order against one ledger; with
     `until`, only as far as that gang (what is behind it cannot change its verdict)."""
@@ -268,12 +293,26 @@ def plan_queue(
         seen_free = {n: max(free[n], 0) for n in cands}
         blocker = next((h for h, hn in starved if hn.intersection(cands)), None)
         trial = dict(free)
-        placed = _place(trial, cands, gang.replicas, gang.gpus_per_replica)
+        topo: placement.Placement | placement.NoFit | None = None
+        if gang.layout is None:
+            placed = _place(trial, cands, gang.replicas, gang.gpus_per_replica, gang.prefer)
+        else:
+            placed, topo = _place_by_topology(gang, trial, cands, ledger, keys)
+        if isinstance(topo, placement.NoFit) and topo.reason == "WaitingForBlock":
+            verdicts[gang.uid] = _no_block(gang, topo, ledger, keys, place, position, seen_free)
+            for node, gpus in topo.hold.items():  # what it waits for is not given away
+                free[node] -= gpus
+            _starving(gang, now, backfill_seconds, starved, cands)
+            continue
         if len(placed) == gang.replicas and blocker is None:
             free.update(trial)
+            shown = f"room for {need}"
+            if isinstance(topo, placement.Placement):
+                shown += f"; {topo.message} ({keys.block})"
             verdicts[gang.uid] = Verdict(
-                True, "Admitted", f"room for {need}", position, tuple(placed), seen_free
-            )
+                True, "Admitted", shown, position, tuple(placed), seen_free,
+                topo if isinstance(topo, placement.Placement) else None,
+            )  # fmt: skip
             continue
         if blocker is not None and len(placed) == gang.replicas:
             verdicts[gang.uid] = Verdict(
@@ -299,7 +338,58 @@ def plan_queue(
             position,
             free=seen_free,
         )
-        since = gang.waiting_since or now
-        if (now - since).total_seconds() >= backfill_seconds:
-            starved.append((gang, set(cands)))
+        _starving(gang, now, backfill_seconds, starved, cands)
     return verdicts
+
+
+def _starving(
+    gang: Gang,
+    now: dt.datetime,
+    backfill_seconds: float,
+    starved: list[tuple[Gang, set[str]]],
+    cands: list[str],
+) -> None:
+    """Past the backfill bound, a blocked gang's nodes go to nothing behind it."""
+    since = gang.waiting_since or now
+    if (now - since).total_seconds() >= backfill_seconds:
+        starved.append((gang, set(cands)))
+
+
+def _place_by_topology(
+    gang: Gang, trial: dict[str, int], cands: list[str], ledger: Ledger, keys: placement.Keys
+) -> tuple[list[str], placement.Placement | placement.NoFit]:
+    """The placement planner's nodes for a gang with a rank layout, taken out of `trial`."""
+    assert gang.layout is not None
+    blocks = {n: keys.block_of(ledger.nodes[n]) for n in cands}
+    result = placement.plan(
+        gang.layout, gang.gpus_per_replica, {n: max(trial[n], 0) for n in cands}, blocks,
+        gang.prefer, keys.block,
+    )  # fmt: skip
+    if isinstance(result, placement.NoFit):
+        # What would fit anywhere, for the message and the GPUs it holds while it waits.
+        return _place(trial, cands, result.units * gang.layout.unit_pods,
+                      gang.gpus_per_replica), result  # fmt: skip
+    for node in result.nodes:
+        trial[node] -= gang.gpus_per_replica
+    return list(result.nodes), result
+
+
+def _no_block(
+    gang: Gang,
+    topo: placement.NoFit,
+    ledger: Ledger,
+    keys: placement.Keys,
+    place: str,
+    position: int,
+    seen_free: dict[str, int],
+) -> Verdict:
+    """A gang that fits by GPU count but not inside blocks: it waits, or never fits (not even
+    with every node it may use empty, ready or not)."""
+    assert gang.layout is not None
+    whole = {n["metadata"]["name"]: podstate.node_gpus(n) for n in ledger.matching(gang)}
+    blocks = {n: keys.block_of(ledger.nodes[n]) for n in whole}
+    ever = placement.plan(gang.layout, gang.gpus_per_replica, whole, blocks, (), keys.block)
+    if isinstance(ever, placement.NoFit) and ever.reason == "WaitingForBlock":
+        return Verdict(False, "NoBlockFits", f"{ever.message}, even with every node empty; no "
+                       "block can ever run it", position, free=seen_free)  # fmt: skip
+    return Verdict(False, "WaitingForBlock", f"{place}: {topo.message}", position, free=seen_free)

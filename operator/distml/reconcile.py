@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from distml import admission, podpolicy
+from distml import admission, placement, podpolicy
 from distml.api.serving import RUNTIME_IMAGE
 from distml.policies import disruption
 
@@ -25,6 +25,7 @@ class Settings:
     node_loss_seconds: float = disruption.NODE_LOSS_SECONDS  # see distml.policies.disruption
     pod_rules: podpolicy.PodRules = field(default_factory=podpolicy.PodRules)
     runtime_image: str = RUNTIME_IMAGE  # what a ServingJob without a template runs
+    topology: placement.Keys = field(default_factory=placement.Keys)  # node labels placement reads
 
 
 @dataclass

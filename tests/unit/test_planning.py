@@ -87,10 +87,13 @@ def test_all_workers_running_is_running_and_reports_ranks():
     p = plan(job, pods, now=7)
     assert p.status["phase"] == "Running" and p.status["readyText"] == "2/2"
     assert p.status["gpus"] == 16 and p.signals.started_seconds == 7
+    held = {"zone": "", "globalRanks": "", "stages": "", "dataParallel": "", "tensorGroups": ""}
+    # A node without a block label is a block of its own.
     assert p.status["ranks"] == [
-        {"rank": 0, "pod": "llm-worker-0-0", "node": "n0"},
-        {"rank": 1, "pod": "llm-worker-1-0", "node": "n1"},
+        {"rank": 0, "pod": "llm-worker-0-0", "node": "n0", "block": "n0", **held},
+        {"rank": 1, "pod": "llm-worker-1-0", "node": "n1", "block": "n1", **held},
     ]
+    assert p.status.get("placement") is None  # not a parallel job
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,26 @@ class Parallelism(_Model):
     tensor: int = Field(1, ge=1, description="Ranks each layer is split across (tensor parallel).")
 
 
+class PipelineStages(StrEnum):
+    SAME_BLOCK = "SameBlock"
+    PREFER_SAME_BLOCK = "PreferSameBlock"
+    ANY = "Any"
+
+
+class Placement(_Model):
+    """How strictly the operator places a pipeline- or tensor-parallel job by network topology
+    (the nodes' block label, topology.distml.io/block unless the chart says otherwise). Tensor
+    groups always stay on one node. Only jobs with spec.parallelism are placed by topology."""
+
+    pipeline_stages: PipelineStages = Field(
+        PipelineStages.PREFER_SAME_BLOCK,
+        description="SameBlock: every pair of consecutive pipeline stages inside one block, or "
+        "the job waits Queued (WaitingForBlock) saying what it needs. PreferSameBlock: the "
+        "fewest stage boundaries across blocks that the free GPUs allow. Any: no topology, "
+        "each pod where the GPUs fit best.",
+    )
+
+
 class Preflight(_Model):
     """Before training, the job's pods run the all-reduce benchmark together (one process per
     pod, as an init container); the busbw lands in status and metrics, and a job below
@@ -162,6 +182,7 @@ class TrainingJobSpec(_Model):
     gang: Gang = Field(default_factory=lambda: Gang())
     elastic: Elastic | None = None
     parallelism: Parallelism | None = None
+    placement: Placement = Field(default_factory=lambda: Placement())
     preflight: Preflight | None = None
     priority: int = Field(
         0,
@@ -209,11 +230,36 @@ class Condition(_Model):
 
 
 class RankPlacement(_Model):
-    """Where one rank runs."""
+    """Where one pod (torchrun node rank) runs and, for a parallel job, what it holds."""
 
     rank: int = Field(..., description="The torchrun node rank.")
     pod: str = Field(..., description="Its pod.")
     node: str = Field("", description="The node the pod is bound to (empty: not yet).")
+    block: str = Field("", description="The node's network block.")
+    zone: str = Field("", description="The node's zone.")
+    global_ranks: str = Field("", description="The global ranks of its processes, first-last.")
+    stages: str = Field("", description="Parallel jobs: the pipeline stages it holds.")
+    data_parallel: str = Field("", description="Parallel jobs: its data-parallel indices.")
+    tensor_groups: str = Field("", description="Parallel jobs: its tensor-parallel groups.")
+
+
+class PlacementStatus(_Model):
+    """How a parallel job's current generation is laid out over the network's blocks."""
+
+    pipeline_stages: str = Field("", description="spec.placement.pipelineStages.")
+    pipeline: int = Field(1, description="Pipeline stages.")
+    tensor: int = Field(1, description="Tensor-parallel width.")
+    data_parallel: int = Field(1, description="Data-parallel replicas of every stage.")
+    blocks: int = Field(0, description="Blocks its pods are in.")
+    cross_block_boundaries: int = Field(
+        0, description="Stage boundaries whose activations cross blocks."
+    )
+    crossing: list[str] = Field(
+        default_factory=list,
+        description="Those boundaries, as stage -> stage.",
+        json_schema_extra={"items": {"type": "string", "description": "e.g. 1->2."}},
+    )
+    message: str = Field("", description="The layout in a sentence.")
 
 
 class Link(_Model):
@@ -329,8 +375,11 @@ class TrainingJobStatus(_Model):
     )
     selector: str = Field("", description="Label selector of the job's pods (scale).")
     ranks: list[RankPlacement] = Field(
-        default_factory=list, description="Rank -> pod -> node, for the current generation."
+        default_factory=list,
+        description="Rank -> pod -> node -> block, for the current generation; for a parallel "
+        "job also the stages, data-parallel indices and tensor groups each pod holds.",
     )
+    placement: PlacementStatus | None = None
     preflight: PreflightStatus | None = None
 
 

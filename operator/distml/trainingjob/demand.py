@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from distml import admission, rendering
+from distml import admission, placement, rendering
 from distml.api.models import FINISHED, Phase
 from distml.podstate import parse_time
 
@@ -30,6 +30,9 @@ def demand(job: Obj) -> admission.Gang | None:
         admitted = tuple(adm.get("nodes") or ()) or ("",) * replicas
     elif phase in (Phase.CREATING, Phase.RUNNING) and status.get("admittedTime"):
         admitted = ("",) * replicas  # admitted by an operator that kept no admission record
+    prefer: tuple[str, ...] = ()
+    if admitted is None and adm and int(adm.get("replicas", -1)) == replicas:
+        prefer = tuple(adm.get("nodes") or ())  # the previous generation's nodes
     nodes = rendering.node_filter(spec.get("template") or {}, gpus)
     suspects = frozenset(s["node"] for s in status.get("suspectNodes") or [])
     if suspects:
@@ -47,4 +50,23 @@ def demand(job: Obj) -> admission.Gang | None:
         restarting=phase == Phase.RESTARTING,
         waiting_since=parse_time(status.get("queuedTime")),
         admitted=admitted,
+        layout=layout(spec, replicas) if gpus else None,
+        prefer=prefer,
     )
+
+
+def layout(spec: Obj, replicas: int) -> placement.Layout | None:
+    """The rank layout of a pipeline- or tensor-parallel job of `replicas` pods (None: the job
+    is not placed by topology)."""
+    par = spec.get("parallelism")
+    if not par:
+        return None
+    gpus = int(spec.get("gpusPerReplica", 0))
+    nproc = int(spec.get("nprocPerReplica") or gpus or 1)
+    mode = str((spec.get("placement") or {}).get("pipelineStages") or placement.PREFER_SAME_BLOCK)
+    try:
+        return placement.Layout(
+            replicas, nproc, int(par.get("pipeline", 1)), int(par.get("tensor", 1)), mode
+        )
+    except ValueError:
+        return None  # the API refuses such a spec (CEL); an old object is placed as any other

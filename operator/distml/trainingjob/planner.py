@@ -21,10 +21,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from distml import podstate
-from distml.api.models import Condition, RankPlacement, TrainingJobStatus
+from distml import placement, podstate
+from distml.api.models import Condition, PlacementStatus, RankPlacement, TrainingJobStatus
 from distml.conditions import set_phase_condition
-from distml.trainingjob.model import Event, Outcome, Plan, Settings, Signals, World, dump_status
+from distml.trainingjob.demand import layout as rank_layout
+from distml.trainingjob.model import (
+    Event,
+    Obj,
+    Outcome,
+    Plan,
+    Settings,
+    Signals,
+    World,
+    dump_status,
+)
 from distml.trainingjob.observe import Observation, observe
 from distml.trainingjob.policies import (
     admit,
@@ -142,13 +152,70 @@ def counts(o: Observation) -> dict[str, object]:
             f"{o.spec.elastic.min_replicas}-{o.spec.elastic.max_replicas}" if o.spec.elastic else ""
         ),
         "gpus": sum(podstate.gpu_request(p) for p in live if podstate.node_name(p)),
-        "ranks": [
-            RankPlacement(
-                rank=podstate.rank(p), pod=p["metadata"]["name"], node=podstate.node_name(p)
-            )
-            for p in shown
-        ],
+        **_layout(o, shown),
     }
+
+
+def _layout(o: Observation, shown: list[Obj]) -> dict[str, object]:
+    """Where each pod is (node, block, zone) and, for a parallel job, what it holds and how its
+    current generation's stages lie over the blocks: from the nodes its pods are bound to, or
+    pinned to by the admission while they are not bound yet."""
+    keys = o.settings.topology
+    adm = o.admission
+    layout = rank_layout(o.world.job["spec"], adm.replicas) if adm else None
+
+    def node_of(p: Obj) -> str:
+        node = podstate.node_name(p)
+        if not node and adm and podstate.generation(p) == o.generation:
+            rank = podstate.rank(p)
+            node = adm.nodes[rank] if rank < len(adm.nodes) else ""
+        return node
+
+    ranks = []
+    for p in shown:
+        node, rank = podstate.node_name(p), podstate.rank(p)
+        where = o.nodes.get(node_of(p))
+        held = (
+            placement.describe_pod(layout, rank)
+            if layout and podstate.generation(p) == o.generation and rank < layout.replicas
+            else {}
+        )
+        ranks.append(
+            RankPlacement(
+                rank=rank,
+                pod=p["metadata"]["name"],
+                node=node,
+                block=keys.block_of(where) if where else "",
+                zone=keys.zone_of(where) if where else "",
+                **held,
+            )
+        )
+    out: dict[str, object] = {"ranks": ranks, "placement": None}
+    if layout is None or adm is None:
+        return out
+    nodes = [o.nodes.get(adm.nodes[r] if r < len(adm.nodes) else "") for r in range(adm.replicas)]
+    for p in o.current:
+        if podstate.rank(p) < adm.replicas and podstate.node_name(p) in o.nodes:
+            nodes[podstate.rank(p)] = o.nodes[podstate.node_name(p)]
+    if any(n is None for n in nodes):
+        return out  # a node not known (yet): nothing to say that would be true
+    blocks = [keys.block_of(n) for n in nodes if n is not None]
+    unit_blocks = blocks[:: layout.unit_pods]
+    crossing = layout.crossings(unit_blocks)
+    used = len(set(blocks))
+    out["placement"] = PlacementStatus(
+        pipeline_stages=layout.mode,
+        pipeline=layout.pipeline,
+        tensor=layout.tensor,
+        data_parallel=layout.dp,
+        blocks=used,
+        cross_block_boundaries=len(crossing),
+        crossing=[f"{s}->{s + 1}" for s in crossing],
+        message=f"{layout.pipeline} stages x {layout.dp} data-parallel x {layout.tensor} tensor "
+        f"in {used} block{'s' * (used != 1)}; {len(crossing)} of {layout.pipeline - 1} stage "
+        "boundaries cross blocks",
+    )
+    return out
 
 
 def _merge(a: Signals, b: Signals) -> Signals:

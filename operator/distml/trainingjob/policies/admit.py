@@ -27,7 +27,10 @@ def decide(o: Observation) -> Outcome | None:
     assert mine is not None
     # Its admission is what is being decided, whatever an older status says (an operator that
     # kept no admission record left admittedTime on a gang whose pods are all gone).
-    mine = dataclasses.replace(mine, admitted=None)
+    # A restart prefers the nodes its previous generation ran on (while usable, with room).
+    before = o.status.admission
+    prefer = tuple(before.nodes) if before and before.replicas == o.spec.replicas else ()
+    mine = dataclasses.replace(mine, admitted=None, prefer=prefer)
     verdict = admission.plan_queue(
         [*o.world.gangs, mine],
         o.world.nodes,
@@ -35,9 +38,11 @@ def decide(o: Observation) -> Outcome | None:
         o.now,
         o.settings.backfill_seconds,
         until=mine.uid,
+        keys=o.settings.topology,
     )[mine.uid]
     if not verdict.admitted:
-        kind = "Warning" if verdict.reason in ("NoNodeFits", "NoMatchingNode") else "Normal"
+        never = ("NoNodeFits", "NoMatchingNode", "NoBlockFits")
+        kind = "Warning" if verdict.reason in never else "Normal"
         return Outcome(
             phase=PhaseChange(Phase.QUEUED, verdict.reason, verdict.message, kind),
             status={
