@@ -20,7 +20,11 @@ PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torch
   size ends with 76 instead, for the operator to restart it elsewhere;
 - leaves the rendezvous open when its own workers failed for good, so its peers can go on;
 - gives every rendezvous round a fresh store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE): ranks of a
-  new round must never read the addresses the ranks of an earlier one left in a shared store.
+  new round must never read the addresses the ranks of an earlier one left in a shared store;
+- orders the group's node ranks by the pod's own rank (PET_NODE_RANK, which the operator sets):
+  torch's c10d rendezvous orders them by host name, so pod job-10 would come before job-2 and
+  the ranks the operator placed stage by stage would run elsewhere. Pod i holds global ranks
+  [i x nproc, (i + 1) x nproc), as the operator's placement assumes.
 """
 
 from __future__ import annotations
@@ -113,6 +117,72 @@ def elastic_agent() -> type[Any]:
     return Agent
 
 
+def order_node_ranks(node_rank: int) -> None:
+    """Makes this agent sort before every agent of a higher PET_NODE_RANK in the rendezvous
+    (ties: host name, as torch orders them). Every agent of the group runs this launcher, so
+    every node descriptor in the shared rendezvous state carries its rank."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    dr.DynamicRendezvousHandler._node_desc_generator = RankedNodeDescs(node_rank)
+
+
+class RankedNodeDescs:
+    """torch's node descriptor generator, with the pod's rank in each descriptor's order."""
+
+    def __init__(self, node_rank: int) -> None:
+        from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+        self.node_rank = node_rank
+        self.inner = dr._NodeDescGenerator()
+
+    def generate(self, local_addr: str | None = None) -> Any:
+        desc = self.inner.generate(local_addr)
+        return ranked_node_desc(desc.addr, desc.pid, desc.local_id, self.node_rank)
+
+
+def ranked_node_desc(addr: str, pid: int, local_id: int, node_rank: int) -> Any:
+    desc = _ranked_class()(addr, pid, local_id)
+    object.__setattr__(desc, "node_rank", node_rank)  # frozen: as the dataclass sets fields
+    return desc
+
+
+def _ranked_class() -> Any:
+    """torch's node descriptor, equal and hashed as it is, ordered by the pod's rank first.
+    Made on first use, so that importing this module needs no torch."""
+    made = globals().get("_RankedNodeDesc")
+    if made is not None:
+        return made
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    class RankedNodeDesc(dr._NodeDesc):  # type: ignore[misc,name-defined]
+        def _key(self) -> tuple[int, str, int, int]:
+            return (getattr(self, "node_rank", 0), self.addr, self.pid, self.local_id)
+
+        def __lt__(self, other: Any) -> bool:
+            return self._key() < other._key()
+
+        def __le__(self, other: Any) -> bool:
+            return self._key() <= other._key()
+
+        def __gt__(self, other: Any) -> bool:
+            return self._key() > other._key()
+
+        def __ge__(self, other: Any) -> bool:
+            return self._key() >= other._key()
+
+    RankedNodeDesc.__module__ = __name__
+    RankedNodeDesc.__qualname__ = RankedNodeDesc.__name__ = "_RankedNodeDesc"
+    globals()["_RankedNodeDesc"] = RankedNodeDesc
+    return RankedNodeDesc
+
+
+def __getattr__(name: str) -> Any:
+    """pickle finds the descriptor class in an agent that has not made one yet."""
+    if name == "_RankedNodeDesc":
+        return _ranked_class()
+    raise AttributeError(name)
+
+
 def serve_metrics(port: int) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -151,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    if os.environ.get("PET_NODE_RANK", "").isdigit():
+        order_node_ranks(int(os.environ["PET_NODE_RANK"]))
     setattr(launcher_api, "LocalElasticAgent", elastic_agent())  # noqa: B010 (the agent launch_agent makes)
     try:
         run(parse_args(torchrun_argv(command, dict(os.environ))))
