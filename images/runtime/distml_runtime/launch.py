@@ -123,7 +123,8 @@ def order_node_ranks(node_rank: int) -> None:
     every node descriptor in the shared rendezvous state carries its rank."""
     from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
 
-    dr.DynamicRendezvousHandler._node_desc_generator = RankedNodeDescs(node_rank)
+    generator: Any = RankedNodeDescs(node_rank)
+    dr.DynamicRendezvousHandler._node_desc_generator = generator
 
 
 class RankedNodeDescs:
@@ -154,7 +155,7 @@ def _ranked_class() -> Any:
         return made
     from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
 
-    class RankedNodeDesc(dr._NodeDesc):  # type: ignore[misc,name-defined]
+    class RankedNodeDesc(dr._NodeDesc):
         def _key(self) -> tuple[int, str, int, int]:
             return (getattr(self, "node_rank", 0), self.addr, self.pid, self.local_id)
 
