@@ -96,5 +96,8 @@ bench-serving: venv tools ## dynamic batching vs maxBatchSize 1 at one p99 budge
 bench-recovery: venv tools ## fault -> training again: killed worker, node cut off (shrink, grow back, move to a spare), 3 runs each
 	@$(PY) bench/recovery.py
 
+bench-placement: venv tools ## pipeline placement: the planner on 64 and 1000 nodes vs best fit; pp=4 training on 4 process nodes in 2 blocks, placed vs pod by pod
+	@$(PY) bench/placement.py
+
 repeat-test: venv ## one test N times in a row: make repeat-test TEST=tests/runtime/test_ddp.py::test_loss_goes_down_with_two_ranks N=50
 	@bash hack/repeat-test.sh "$(TEST)" "$(or $(N),50)"

@@ -267,33 +267,46 @@ class _Budget:
 
 
 def _pack(sizes: Sequence[int], caps: Sequence[int], budget: _Budget) -> list[int] | None:
-    """A bin for every item (sizes in descending order) within the bins' capacities, trying the
-    tightest bin first; None when none exists, or none was found within the budget."""
+    """A bin for every item within the bins' capacities, largest item first, each into the
+    tightest bin that holds it first; None when none exists, or none was found within the
+    budget. Bins with the same room left are interchangeable, so the search branches on
+    distinct room values only, and remembers the states (item, room values) that failed."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
-    room = list(caps)
+    smallest = sizes[order[-1]] if order else 0
+    bins_with: dict[int, list[int]] = {}  # room left -> bins with that much
+    for b, c in enumerate(caps):
+        if c >= smallest:
+            bins_with.setdefault(c, []).append(b)
     where = [-1] * len(sizes)
-    failed: set[tuple[int, tuple[int, ...]]] = set()
+    failed: set[tuple[int, tuple[tuple[int, int], ...]]] = set()
     remaining = [0] * (len(order) + 1)
     for k in range(len(order) - 1, -1, -1):
         remaining[k] = remaining[k + 1] + sizes[order[k]]
 
+    def state(k: int) -> tuple[tuple[int, int], ...]:
+        # Room beyond what the items left need is as good as that much.
+        counts: dict[int, int] = {}
+        for room, bins in bins_with.items():
+            if bins and room >= smallest:
+                key = min(room, remaining[k])
+                counts[key] = counts.get(key, 0) + len(bins)
+        return tuple(sorted(counts.items()))
+
     def go(k: int) -> bool:
         if k == len(order):
             return True
-        key = (k, tuple(sorted(min(r, remaining[k]) for r in room if r >= sizes[order[-1]])))
+        key = (k, state(k))
         if key in failed or not budget.spend():
             return False
         size = sizes[order[k]]
-        tried: set[int] = set()
-        for b in sorted(range(len(room)), key=lambda b: (room[b], b)):
-            if room[b] < size or room[b] in tried:
-                continue
-            tried.add(room[b])
-            room[b] -= size
+        for room in sorted(r for r, bins in bins_with.items() if bins and r >= size):
+            b = bins_with[room].pop()
+            bins_with.setdefault(room - size, []).append(b)
             where[order[k]] = b
             if go(k + 1):
                 return True
-            room[b] += size
+            bins_with[room - size].pop()
+            bins_with[room].append(b)
         failed.add(key)
         return False
 

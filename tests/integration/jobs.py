@@ -71,14 +71,19 @@ def live_pods(core, ns: str, job: str) -> list:
     return [p for p in pods(core, ns, job) if p.metadata.deletion_timestamp is None]
 
 
-def event_reasons(
-    core: client.CoreV1Api, ns: str, name: str, kind: str = "TrainingJob"
-) -> list[str]:
-    events = core.list_namespaced_event(
+def events(core: client.CoreV1Api, ns: str, name: str, kind: str = "TrainingJob") -> list:
+    """The job's Events, oldest first."""
+    items = core.list_namespaced_event(
         ns, field_selector=f"involvedObject.name={name},involvedObject.kind={kind}"
     ).items
     # Timestamps have one-second resolution; etcd's revision orders events within a second.
-    return [e.reason for e in sorted(events, key=lambda e: int(e.metadata.resource_version))]
+    return sorted(items, key=lambda e: int(e.metadata.resource_version))
+
+
+def event_reasons(
+    core: client.CoreV1Api, ns: str, name: str, kind: str = "TrainingJob"
+) -> list[str]:
+    return [e.reason for e in events(core, ns, name, kind)]
 
 
 def reasons_once(core: client.CoreV1Api, ns: str, name: str, reason: str, count: int = 1,

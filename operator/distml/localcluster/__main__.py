@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = sub.add_parser("link-rate", help="shape a process node's link (or `none`)")
     rate.add_argument("node")
     rate.add_argument("rate")
+    between = sub.add_parser(
+        "block-rate", help="shape the links between process nodes' network blocks (or `none`)"
+    )
+    between.add_argument("rate")
     args = ap.parse_args(argv)
 
     c = default_cluster()
@@ -119,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         faults.node_cut(c, args.node, off=args.cmd == "node-cut")
     elif args.cmd == "link-rate":
         faults.link_rate(c, args.node, None if args.rate == "none" else args.rate)
+    elif args.cmd == "block-rate":
+        blocks = faults.block_rate(c, None if args.rate == "none" else args.rate)
+        for node, block in sorted(blocks.items()):
+            print(f"{node}\t{block}")
     return 0
 
 

@@ -4,7 +4,10 @@ The KWOK stages in kwok-stages.yaml act on the annotations set here."""
 
 from __future__ import annotations
 
+import json
+
 from distml.localcluster.cluster import LocalCluster, process_node_index
+from distml.localcluster.nodes import BLOCK_LABEL, SIMULATED_LABEL
 from distml.localnode import network
 
 EXIT_CODE_ANNOTATION = "sim.distml.io/exit-code"
@@ -79,6 +82,26 @@ def link_rate(c: LocalCluster, node: str, rate: str | None) -> None:
     if rate is not None:
         network.rate_bits(rate)
     network.shape(c.node_network().node(process_node_index(node)), rate)
+
+
+def block_rate(c: LocalCluster, rate: str | None, label: str = BLOCK_LABEL) -> dict[str, str]:
+    """Shapes the links between the process nodes' network blocks (their `label`) to `rate`,
+    leaving each block's own links as they are; returns each node's block."""
+    if rate is not None:
+        network.rate_bits(rate)
+    listed = json.loads(c.kubectl("get", "nodes", "-o", "json"))["items"]
+    net = c.node_network()
+    blocks, address = {}, {}
+    for node in listed:
+        name = node["metadata"]["name"]
+        if (node["metadata"].get("labels") or {}).get(SIMULATED_LABEL) != "process":
+            continue
+        blocks[name] = (node["metadata"].get("labels") or {}).get(label, name)
+        address[name] = net.node(process_node_index(name)).address
+    for name in blocks:
+        others = [address[o] for o in blocks if blocks[o] != blocks[name]]
+        network.shape_toward(net.node(process_node_index(name)), others, rate)
+    return blocks
 
 
 def compact_history(c: LocalCluster) -> int:

@@ -225,6 +225,24 @@ def shape(net: NodeNet, rate: str | None) -> None:
             _run(*argv, "qdisc", "replace", "dev", dev, "root", *tbf_args(rate))
 
 
+def shape_toward(net: NodeNet, peers: Iterable[str], rate: str | None) -> None:
+    """Limits what the node sends to `peers` (addresses) to `rate`, and nothing else: a slow
+    link between two network blocks, while the node's links inside its block stay fast. Each
+    node shapes its own side, so a pair of nodes that both do is slow both ways. It replaces the
+    node's outgoing `shape` (its incoming side, on the bridge, keeps it). None: unshaped."""
+    tc = [*net.exec_prefix(), "tc"]
+    _run(*tc, "qdisc", "del", "dev", "eth0", "root", check=False)
+    peers = list(peers)
+    if rate is None or not peers:
+        return
+    # A prio qdisc sends unmatched traffic to its usual bands; band 3 (1:3) holds the bucket.
+    _run(*tc, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio", "bands", "3")
+    _run(*tc, "qdisc", "add", "dev", "eth0", "parent", "1:3", "handle", "30:", *tbf_args(rate))
+    for peer in peers:
+        _run(*tc, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
+             "u32", "match", "ip", "dst", f"{peer}/32", "flowid", "1:3")  # fmt: skip
+
+
 def current_rate(net: NodeNet) -> str | None:
     out = _run("tc", "qdisc", "show", "dev", net.host_veth, check=False).stdout
     m = re.search(r"tbf .*?rate (\S+)", out)
