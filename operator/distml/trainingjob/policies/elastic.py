@@ -139,14 +139,20 @@ def decide(o: Observation) -> Outcome | None:
 
 
 def _place(o: Observation, vacant: list[int], nodes: list[str]) -> list[str]:
-    """Nodes for the vacant slots, as many as fit; CPU-only slots go anywhere ("")."""
+    """Nodes for the vacant slots, as many as fit; CPU-only slots go anywhere (""). First
+    where the lost pods ran, then in their network blocks, then wherever there is room."""
     adm = o.admission
     assert adm is not None
     if not adm.gpus_per_replica:
         return [""] * len(vacant)
     gang = demand(o.world.job)
     assert gang is not None
-    prefer = tuple(nodes[r] for r in vacant if nodes[r])
+    lost_on = [nodes[r] for r in vacant if nodes[r]]
+    keys = o.settings.topology
+    blocks = {keys.block_of(o.nodes[n]) for n in lost_on if n in o.nodes}
+    neighbours = sorted(n for n, node in o.nodes.items()
+                        if n not in lost_on and keys.block_of(node) in blocks)  # fmt: skip
+    prefer = (*lost_on, *neighbours)
     return admission.room_for(
         gang, o.world.nodes, o.world.cluster_pods, o.world.gangs, len(vacant), prefer
     )
