@@ -8,7 +8,7 @@
    against a pod-by-pod best fit (what the ledger does for any other gang; the scheduler's
    NodeResourcesFit MostAllocated is alike) measured in the same run.
 2. Real pipeline training on process nodes: 4 nodes in 2 blocks, the links between the blocks
-   shaped slow (--between, 200mbit) and those inside them left fast; a pp=4 job (4 pods, one
+   shaped slow (--between, 100mbit) and those inside them left fast; a pp=4 job (4 pods, one
    stage each, the runtime's 1F1B pipeline trainer on gloo) placed by topology
    (PreferSameBlock) against the same job placed pod by pod (pipelineStages: Any). The blocks
    are labelled so that name order alternates them (proc-node-000 and -002 in one, -001 and -003
@@ -241,7 +241,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--planner-only", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--between", default="200mbit", help="link rate between blocks")
+    ap.add_argument("--between", default="100mbit", help="link rate between blocks")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=10)

@@ -235,12 +235,15 @@ def shape_toward(net: NodeNet, peers: Iterable[str], rate: str | None) -> None:
     peers = list(peers)
     if rate is None or not peers:
         return
-    # A prio qdisc sends unmatched traffic to its usual bands; band 3 (1:3) holds the bucket.
-    _run(*tc, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio", "bands", "3")
-    _run(*tc, "qdisc", "add", "dev", "eth0", "parent", "1:3", "handle", "30:", *tbf_args(rate))
+    # htb sends what no filter classifies straight out, unshaped; the one class holds the
+    # bucket (this machine's kernel has htb, tbf and u32, not prio or flower).
+    burst = str(max(rate_bits(rate) // 8 // 100, 64 * 1024))
+    _run(*tc, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb")
+    _run(*tc, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:30", "htb", "rate",
+         rate, "ceil", rate, "burst", burst, "cburst", burst)  # fmt: skip
     for peer in peers:
         _run(*tc, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
-             "u32", "match", "ip", "dst", f"{peer}/32", "flowid", "1:3")  # fmt: skip
+             "u32", "match", "ip", "dst", f"{peer}/32", "flowid", "1:30")  # fmt: skip
 
 
 def current_rate(net: NodeNet) -> str | None:
