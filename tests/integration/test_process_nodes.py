@@ -256,3 +256,53 @@ def test_process_node_runs_pods_as_kubelet_would(process_nodes, core, namespace)
 
     wait_for("stubborn deleted", gone, timeout=30)
     assert 2 <= time.monotonic() - t0 < 10  # SIGTERM ignored: SIGKILL after the grace period
+
+
+_SINK = """
+import socket, sys
+s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+while c.recv(1 << 16):
+    pass
+"""
+_SEND = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+data = b"x" * (4 << 20)
+t0 = time.monotonic(); c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)
+print(len(data) * 8 / (time.monotonic() - t0) / 1e6)
+"""
+
+
+def _mbit_per_s(cluster, src: int, dst: int) -> float:
+    """What node `src` sends to node `dst` per second over their network, in Mbit/s."""
+    import subprocess
+    import sys
+
+    net = cluster.node_network()
+    a, b = net.node(src), net.node(dst)
+    sink = subprocess.Popen([*b.exec_prefix(), sys.executable, "-c", _SINK, b.address],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = sink.stdout.readline().strip()
+        out = subprocess.run([*a.exec_prefix(), sys.executable, "-c", _SEND, b.address, port],
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return float(out.stdout)
+    finally:
+        sink.kill()
+
+
+def test_block_rate_slows_the_links_between_blocks_and_not_inside_them(cluster, process_nodes):
+    # Process nodes pair up in blocks as KWOK nodes do: 000 and 001 share one, 002 is another.
+    blocks = faults.block_rate(cluster, "50mbit")
+    try:
+        assert blocks[process_nodes[0]] == blocks[process_nodes[1]] != blocks[process_nodes[2]]
+        inside, between = _mbit_per_s(cluster, 0, 1), _mbit_per_s(cluster, 0, 2)
+        back = _mbit_per_s(cluster, 2, 0)
+    finally:
+        faults.block_rate(cluster, None)
+    print(f"inside a block {inside:.0f} Mbit/s, between blocks {between:.0f} and {back:.0f}")
+    assert between < 60 and back < 60  # the 50 Mbit/s bucket, both ways
+    assert inside > 4 * between
+    assert _mbit_per_s(cluster, 0, 2) > 4 * between  # undone

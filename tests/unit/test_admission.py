@@ -258,3 +258,14 @@ def test_nodes_that_match_but_are_not_ready_are_named_not_called_a_mismatch():
     cluster[0]["spec"]["taints"].append({"key": "dedicated", "effect": "NoSchedule"})
     cluster[1]["spec"]["taints"].append({"key": "dedicated", "effect": "NoSchedule"})
     assert verdict([gang("g", 1, 8)], cluster=cluster)["team-g"].reason == "NoMatchingNode"
+
+
+def test_a_restarting_gang_keeps_its_previous_nodes_while_they_have_room():
+    # Best fit alone would fill the half-busy n3 first; the gang's ranks ran on n1 and n2.
+    pods = [make_pod("other", 0, gpus=4).on("n3").running().obj()]
+    g = gang("llm", 2, 4, restarting=True, prefer=("n2", "n1"))
+    v = verdict([g], pods=pods)["team-llm"]
+    assert v.admitted and v.nodes == ("n2", "n1")
+    # n2 is gone: rank 1 stays on n1, rank 0 goes where best fit says (n1's other half).
+    v = verdict([g], cluster=[make_node(n) for n in ("n0", "n1", "n3")], pods=pods)["team-llm"]
+    assert v.admitted and v.nodes == ("n1", "n1")
