@@ -86,7 +86,6 @@ class Verdict:
     position: int | None = None  # 1-based place among the waiting gangs
     nodes: tuple[str, ...] = ()  # the node of each rank, when admitted (CPU-only: "")
     free: dict[str, int] = field(default_factory=dict)  # what this gang saw free, per node
-    placement: placement.Placement | None = None  # a gang placed by topology, when admitted
 
 
 @dataclass
@@ -310,9 +309,8 @@ def plan_queue(
             if isinstance(topo, placement.Placement):
                 shown += f"; {topo.message} ({keys.block})"
             verdicts[gang.uid] = Verdict(
-                True, "Admitted", shown, position, tuple(placed), seen_free,
-                topo if isinstance(topo, placement.Placement) else None,
-            )  # fmt: skip
+                True, "Admitted", shown, position, tuple(placed), seen_free
+            )
             continue
         if blocker is not None and len(placed) == gang.replicas:
             verdicts[gang.uid] = Verdict(
