@@ -327,3 +327,19 @@ def test_a_waiting_same_block_job_holds_its_block_from_a_smaller_job_behind_it()
     # It holds the free half of one block (the first of equals), so that a node freeing there
     # completes it; the small one starts elsewhere.
     assert v["small"].admitted and v["small"].nodes[0] in ("g10", "g21")
+
+
+def test_sixteen_stages_on_sixty_four_nodes_cut_only_where_blocks_end():
+    # 16 blocks of 4 nodes, 64 pods of 8 GPUs: 16 stages x 4 data-parallel pipelines. A block
+    # holds 4 stages of one pipeline, so each pipeline crosses 3 times, all at the same stage
+    # boundaries at best: 3 crossings, however the 20,000-step search budget is spent.
+    free, blocks = cluster([4] * 16)
+    got = placement.plan(Layout(64, 8, pipeline=16), 8, free, blocks)
+    assert isinstance(got, Placement) and len(got.crossings) == 3
+    check_valid(Layout(64, 8, pipeline=16), 8, free, blocks, got)
+    # A seventeenth block with only half its nodes free: it can take no 4-stage segment, so
+    # the optimum is still 3, and the planner must leave that block out.
+    free, blocks = cluster([4] * 17, taken={"b16n0": 8, "b16n1": 8})
+    got = placement.plan(Layout(64, 8, pipeline=16), 8, free, blocks)
+    assert isinstance(got, Placement) and len(got.crossings) == 3
+    assert not {"b16n2", "b16n3"} & set(got.nodes)
