@@ -87,3 +87,22 @@ ROLLOUT_SECONDS = Histogram(
 REPLICAS_REPLACED = Counter(
     "distml_serving_replicas_replaced", "Serving replicas replaced after their pod failed"
 )
+SERVING_DESIRED = Gauge(
+    "distml_serving_desired_replicas",
+    "The replicas each ServingJob asks for (spec.replicas, or its autoscaler's count)",
+    ["namespace", "servingjob"],
+)
+SERVING_READY = Gauge(
+    "distml_serving_ready_replicas",
+    "The replicas of each ServingJob that are Ready",
+    ["namespace", "servingjob"],
+)
+AUTOSCALE_DECISIONS = Counter(
+    "distml_serving_autoscale_decisions",
+    "Changes of an autoscaled ServingJob's replica count, by direction (up, down)",
+    ["direction"],
+)
+AUTOSCALE_READS_FAILED = Counter(
+    "distml_serving_autoscale_reads_failed",
+    "Reads of a serving replica's metrics that failed (no answer, no such metric)",
+)

@@ -28,6 +28,15 @@ class Settings:
     topology: placement.Keys = field(default_factory=placement.Keys)  # node labels placement reads
 
 
+@dataclass(frozen=True)
+class LoadSample:
+    """One reading of a ServingJob's replicas' load signal (the autoscaler's input)."""
+
+    time: dt.datetime
+    total: float  # the signal summed over the replicas read
+    reporting: int  # replicas whose metrics were read
+
+
 @dataclass
 class World:
     """What the handler gathered for one reconcile."""
@@ -45,6 +54,8 @@ class World:
     held_nodes: frozenset[str] = frozenset()
     # disruption.find(nodes), when the caller keeps it (it changes only when a node does).
     disruption: disruption.Disruption | None = None
+    # An autoscaled ServingJob's recent load readings, oldest first (the operator keeps them).
+    load: tuple[LoadSample, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from distml.localcluster import faults
 from distml_runtime.distenv import free_port
 
 from .helpers import wait_for
-from .jobs import create, live_pods, status, training_job, wait_phase
+from .jobs import create, live_pods, patch_spec, status, training_job, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "digits"  # the TrainingJob's name, and the training process's DISTML_JOB_NAME
@@ -179,7 +179,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 def _cluster_activity(cluster, core, custom, ns: str, pool: dict) -> None:
     """A job that is admitted (queue wait), runs (time to Running) and restarts once (restarts),
-    beside one that asks for more GPUs than the pool has and stays Queued."""
+    beside one that asks for more GPUs than the pool has and stays Queued; two that resize."""
     job = training_job(JOB, replicas=2, gpus=8, node_selector=pool, restartPolicy="ExitCode")
     create(custom, ns, job)
     wait_phase(custom, ns, JOB, "Running")
@@ -189,6 +189,16 @@ def _cluster_activity(cluster, core, custom, ns: str, pool: dict) -> None:
     faults.exit_pod(cluster, ns, victim, 137, "OOMKilled")
     wait_for("a restart", lambda: (s := status(custom, ns, JOB)).get("restarts", 0) >= 1 and s)
     wait_phase(custom, ns, JOB, "Running")
+    # An elastic job scaled down (elastic resizes) and a fixed one resized (new generations),
+    # CPU-only beside the GPU jobs.
+    for name, spec in (("elastic", {"elastic": {"minReplicas": 1, "maxReplicas": 2}}),
+                       ("fixed", {})):  # fmt: skip
+        body = training_job(name, replicas=2, gpus=0, node_selector=pool, **spec)
+        body["spec"]["template"]["spec"]["tolerations"] = [{"operator": "Exists"}]
+        create(custom, ns, body)
+        wait_phase(custom, ns, name, "Running")
+        patch_spec(custom, ns, name, {"replicas": 1})
+        wait_for(f"{name} resized", lambda n=name: status(custom, ns, n).get("resizes", 0) >= 1)
     # A ServingJob rolled out once (rollout duration) on the same nodes, without GPUs.
     served = ("distml.io", "v1alpha1", ns, "servingjobs", "served")
 

@@ -81,15 +81,15 @@ def digits(n: int) -> np.ndarray:
 
 
 class Load:
-    """CLIENTS threads, each with its own tritonclient, sending inferences back to back for as
-    long as it runs; every result is kept as (time, seconds, error or "")."""
+    """CLIENTS (or `clients`) threads, each with its own tritonclient, sending inferences back
+    to back for as long as it runs; every result is kept as (time, seconds, error or "")."""
 
-    def __init__(self, url: str, rows: np.ndarray) -> None:
+    def __init__(self, url: str, rows: np.ndarray, clients: int = CLIENTS) -> None:
         self.url, self.rows = url, rows
         self.results: list[tuple[float, float, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
     def _client(self) -> None:
         client = triton.InferenceServerClient(self.url, connection_timeout=10, network_timeout=10)
@@ -249,3 +249,54 @@ def test_a_killed_replica_is_replaced_while_the_other_serves(
     assert after and not any(r[2] for r in after)
     events = jobs.reasons_once(core, namespace, "digits", "ReplicaFailed", kind=KIND)
     assert "ReplicaFailed" in events
+
+
+def test_a_load_step_scales_it_up_and_the_end_of_it_down_failing_no_request(
+    process_nodes, core, custom, namespace
+):
+    auto = {"minReplicas": 1, "maxReplicas": 2, "target": 1.5, "downscaleDelaySeconds": 8}
+    body = serving_job("auto", autoscaling=auto)
+    body["spec"]["replicas"] = 1
+    jobs.create_serving(custom, namespace, body)
+
+    def serving(n: int):  # type: ignore[no-untyped-def]
+        def probe() -> dict:
+            st = status(custom, namespace, "auto")
+            states = [r["state"] for r in st.get("replicaStatus", [])]
+            ok = (st.get("autoscaling") or {}).get("desiredReplicas") == n and states == [
+                "Ready"
+            ] * n
+            return st if ok else {}
+
+        return probe
+
+    wait_for("one replica serving", serving(1), timeout=240)
+    url = cluster_url(core, namespace, "auto")
+    # A trickle throughout (one client: about 1 in flight, under the 1.5 target), and a step of
+    # four more clients: about 5 in flight on one replica asks for ceil(5 / 1.5) -> 2 (max).
+    with Load(url, digits(8), clients=1) as trickle:
+        time.sleep(4)
+        t_step = time.monotonic()
+        with Load(url, digits(8), clients=4) as step:
+            wait_for("the step scaled up", serving(2), timeout=120)
+            t_up = time.monotonic()
+            time.sleep(4)
+        t_end = time.monotonic()
+        st = wait_for("the step's end scaled down", serving(1), timeout=120)
+        t_down = time.monotonic()
+        time.sleep(2)
+    results = trickle.results + step.results
+    failed = [r[2] for r in results if r[2]]
+    print(
+        f"\nload step -> 2 replicas serving: {t_up - t_step:.1f}s; end of step -> 1 replica "
+        f"(8 s delay, 2 s drain): {t_down - t_end:.1f}s\n"
+        f"during the step: {latency(trickle.window(t_step, t_end) + step.results)}"
+    )
+    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    assert len(trickle.window(t_end, t_down)) > 20  # it served through the scale-down
+    said = jobs.events(core, namespace, "auto", KIND)
+    up = [e.message for e in said if e.reason == "ScaledUp"]
+    down = [e.message for e in said if e.reason == "ScaledDown"]
+    assert len(up) == 1 and "InFlightRequests" in up[0] and "1 -> 2 replicas" in up[0], up
+    assert len(down) == 1 and "2 -> 1 replicas" in down[0], down
+    assert st["autoscaling"]["metric"] == "InFlightRequests" and st["autoscaling"]["target"] == 1.5

@@ -239,8 +239,13 @@ def test_a_service_name_taken_by_someone_else_is_reported_until_it_is_free(
         ({"batching": {"maxBatchSize": 0}}, "spec.batching.maxBatchSize"),
         ({"replicas": -1}, "spec.replicas"),
         ({"template": {"spec": {"containers": []}}}, "spec.template.spec.containers"),
+        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2, "target": 4}},
+         "spec.autoscaling.minReplicas"),
+        ({"autoscaling": {"maxReplicas": 2, "target": 0}}, "spec.autoscaling.target"),
+        ({"autoscaling": {"maxReplicas": 2, "target": 1, "metric": "GPUTemperature"}},
+         "spec.autoscaling.metric"),
     ],
-)
+)  # fmt: skip
 def test_bad_specs_are_refused_by_the_api_server_naming_the_field(custom, namespace, spec, field):
     body = serving_job_manifest("bad", 1)
     body["spec"].update(spec)

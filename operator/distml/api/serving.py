@@ -84,6 +84,44 @@ class Rollout(_Model):
     )
 
 
+class LoadMetric(StrEnum):
+    IN_FLIGHT = "InFlightRequests"  # requests being answered now, per replica
+    QUEUE_DEPTH = "QueueDepth"  # requests waiting for the batcher, per replica
+
+
+class Autoscaling(_Model):
+    """The operator sets the number of replicas from their own load: it reads every Ready
+    replica's metrics (distml_serve_inflight_requests or distml_serve_queue_depth) every few
+    seconds, asks for ceil(total / target) replicas within the bounds, and moves only when that
+    has held for upscaleDelaySeconds (up) or downscaleDelaySeconds (down), and never for a change
+    within 10 % of the target. Scale-down drains: a replica leaves the Service, answers what it
+    has, then stops. With autoscaling, spec.replicas is only the starting count; without it, an
+    HPA may drive spec.replicas through the scale subresource instead."""
+
+    min_replicas: int = Field(1, ge=1, description="The fewest replicas, whatever the load.")
+    max_replicas: int = Field(..., ge=1, description="The most replicas, whatever the load.")
+    metric: LoadMetric = Field(
+        LoadMetric.IN_FLIGHT,
+        description="The load signal the servers export: InFlightRequests (being answered) or "
+        "QueueDepth (waiting for a batch).",
+    )
+    target: float = Field(
+        ..., gt=0, description="The signal's value one replica should carry (per replica)."
+    )
+    upscale_delay_seconds: float = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="How long the load must ask for more replicas before they are added.",
+    )
+    downscale_delay_seconds: float = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="How long the load must ask for fewer replicas before they are removed.",
+    )
+
+
 class ServingJobSpec(_Model):
     """What to serve: `replicas` copies of the model behind one Service."""
 
@@ -99,6 +137,7 @@ class ServingJobSpec(_Model):
     batching: Batching = Field(default_factory=lambda: Batching(), json_schema_extra=_DEFAULTED)
     rollout: Rollout = Field(default_factory=lambda: Rollout(), json_schema_extra=_DEFAULTED)
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="The server's HTTP port.")
+    autoscaling: Autoscaling | None = None
     priority: int = Field(
         0, description="Queue order on the GPU ledger it shares with TrainingJobs."
     )
@@ -136,6 +175,18 @@ class ServingAdmission(_Model):
     )
 
 
+class AutoscalingStatus(_Model):
+    """The autoscaler's latest reading and decision."""
+
+    desired_replicas: int = Field(0, description="The replicas it asks for now.")
+    metric: str = Field("", description="The signal it reads.")
+    value: float | None = Field(None, description="The signal per Ready replica, last read.")
+    target: float = Field(0, description="spec.autoscaling.target.")
+    reporting: int = Field(0, description="Replicas whose metrics were read last time.")
+    last_scale_time: str | None = Field(None, description="When it last changed the count.")
+    message: str = Field("", description="Its latest decision, in a sentence.")
+
+
 class ServingJobStatus(_Model):
     """What the operator observed and decided, as of observedGeneration."""
 
@@ -164,6 +215,7 @@ class ServingJobStatus(_Model):
     rollout_start_time: str | None = Field(None, description="When the rollout began.")
     queued_time: str | None = Field(None, description="Since when a replica waits for GPUs.")
     admission: ServingAdmission | None = None
+    autoscaling: AutoscalingStatus | None = None
     replica_status: list[ReplicaStatus] = Field(
         default_factory=list, description="Every replica, with its revision and state."
     )
@@ -175,6 +227,12 @@ SPEC_RULES: list[dict[str, str]] = [
         "message": "spec.rollout.maxSurge and spec.rollout.maxUnavailable cannot both be 0: "
         "no rollout could make progress",
         "fieldPath": ".rollout",
+    },
+    {
+        "rule": "!has(self.autoscaling) || self.autoscaling.minReplicas <= "
+        "self.autoscaling.maxReplicas",
+        "message": "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas",
+        "fieldPath": ".autoscaling.minReplicas",
     },
     {
         "rule": "!has(self.template.spec) || size(self.template.spec.containers) >= 1",

@@ -77,6 +77,19 @@ OPERATOR = [
         ),
     ),
     PanelSpec(
+        "Resizes",
+        (
+            Query(
+                "sum by (direction, reason) (increase(distml_elastic_resizes_total[$__range]))",
+                "elastic {{direction}} {{reason}}",
+            ),
+            Query("sum(increase(distml_job_resizes_total[$__range]))", "new generation"),
+        ),
+        description="Elastic jobs growing and shrinking without a restart (PodLost, NodeLost, "
+        "Replaced, ScaledUp, ScaledDown), and fixed-size jobs started again at a new "
+        "spec.replicas; none counts against backoffLimit",
+    ),
+    PanelSpec(
         "Pods created",
         (Query("sum(rate(distml_pods_created_total[$__rate_interval]))", "pods/s"),),
         "ops",
@@ -209,6 +222,17 @@ SERVING = [
         "s",
     ),
     PanelSpec("Queue depth", (Query("sum(distml_serve_queue_depth)", "waiting"),)),
+    PanelSpec(
+        "Replicas: desired and Ready",
+        (
+            Query(
+                "sum by (servingjob) (distml_serving_desired_replicas)", "{{servingjob}} desired"
+            ),
+            Query("sum by (servingjob) (distml_serving_ready_replicas)", "{{servingjob}} Ready"),
+        ),
+        description="What each ServingJob asks for (spec.replicas, or its autoscaler's count) "
+        "against what serves",
+    ),
 ]
 
 DASHBOARDS = {

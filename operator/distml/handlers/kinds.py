@@ -72,8 +72,14 @@ def _observe_training(job: Obj, plan: Plan, now: dt.datetime) -> None:
         metrics.RESTARTS.labels(reason=reason).inc()
 
 
-def _observe_serving(_job: Obj, plan: Plan, _now: dt.datetime) -> None:
+def _observe_serving(job: Obj, plan: Plan, _now: dt.datetime) -> None:
     s = plan.signals
+    meta = job["metadata"]
+    metrics.SERVING_DESIRED.labels(meta["namespace"], meta["name"]).set(s.desired)
+    ready = int(plan.status.get("readyReplicas") or 0)
+    metrics.SERVING_READY.labels(meta["namespace"], meta["name"]).set(ready)
+    if s.autoscaled:
+        metrics.AUTOSCALE_DECISIONS.labels(direction=s.autoscaled).inc()
     if s.replaced:
         metrics.REPLICAS_REPLACED.inc(s.replaced)
     if s.rollout_seconds is not None:

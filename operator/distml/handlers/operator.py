@@ -10,6 +10,7 @@ them, so two jobs reconciled concurrently never see the same free GPUs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -20,6 +21,8 @@ import kopf
 
 from distml import admission, failpoints, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, VERSION
+from distml.api.serving import KIND as SERVING_KIND
+from distml.handlers.autoscaler import LoadReader
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
@@ -149,6 +152,7 @@ class Operator:
         self.refusals: dict[Key, tuple[int, list[str]]] = {}  # (restart generation, messages)
         self.kinds: dict[str, Kind] = dict(KINDS)
         self._gang_kinds: dict[str, str] = {}  # job uid -> its kind
+        self.loads = LoadReader(self)  # autoscaled ServingJobs' load, read from their replicas
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -531,6 +535,7 @@ class Operator:
                     n for n, until in self.held_nodes.items() if until is None or until > t_now
                 ),
                 disruption=self.disruption,
+                load=self.loads.readings(key),
             )
             plan = kind.plan(world, self.settings)
             # The decision is assumed in the ledger before anything awaits (see the docstring).
@@ -584,6 +589,11 @@ class Operator:
         self._written_at.pop(key, None)
         self.phases.pop(key, None)
         self.workers.waiting.discard(key)
+        self.loads.forget(key)
+        if key[0] == SERVING_KIND:
+            for gauge in (metrics.SERVING_DESIRED, metrics.SERVING_READY):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(key[1], key[2])
         self._count_phases()
 
     async def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
@@ -757,6 +767,7 @@ def register(op: Operator) -> None:
         for path, version in versions.items():
             followers.append(asyncio.create_task(op.follow(path, version), name=f"follow {path}"))
         followers.append(asyncio.create_task(op.sweep_forever(SWEEP_SECONDS), name="orphans"))
+        followers.append(asyncio.create_task(op.loads.run_forever(), name="serving load"))
 
     for kind in op.kinds.values():
         kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-events")(

@@ -25,6 +25,7 @@ from typing import Any
 from distml import admission, labels, podpolicy, podstate
 from distml.api.models import Condition
 from distml.api.serving import (
+    AutoscalingStatus,
     ReplicaStatus,
     ServingAdmission,
     ServingJobSpec,
@@ -34,7 +35,7 @@ from distml.api.serving import (
 from distml.conditions import set_condition
 from distml.podstate import iso, parse_time
 from distml.reconcile import Event, Plan, PodDeletion, PodPatch, Settings, World
-from distml.servingjob import rendering
+from distml.servingjob import autoscale, rendering
 from distml.servingjob.demand import gang
 
 Obj = dict[str, Any]
@@ -48,6 +49,8 @@ class Signals:
 
     replaced: int = 0  # failed replicas deleted to be replaced
     rollout_seconds: float | None = None  # a rollout completed, after this long
+    desired: int = 0  # the replicas it asks for
+    autoscaled: str = ""  # the autoscaler moved the count: up or down
 
 
 @dataclass
@@ -157,12 +160,12 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     spec = ServingJobSpec.model_validate(job.get("spec") or {})
     status = ServingJobStatus.model_validate(job.get("status") or {})
     rev = rendering.revision(spec)
-    want = spec.replicas
+    events: list[Event] = []
+    want, autoscaled = _autoscale(world, spec, status, stamp, events)
     surge, unavailable = spec.rollout.max_surge, spec.rollout.max_unavailable
     min_ready = max(want - unavailable, 0)
     r = sort_replicas(world.pods, rev)
-    plan = Plan(signals=Signals())
-    events: list[Event] = []
+    plan = Plan(signals=Signals(autoscaled=autoscaled))
     taken = {_name(p) for p in world.pods}
     replaced = 0
     reason, message = "", ""
@@ -465,12 +468,41 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
 
     plan.status = status.model_dump(by_alias=True, mode="json")
     plan.events = events
-    plan.signals = dataclasses.replace(plan.signals, replaced=replaced)
+    plan.signals = dataclasses.replace(plan.signals, replaced=replaced, desired=want)
     waits = [w for w in (plan.requeue_after, drain_wait) if w is not None]
     if not done and not waits:
         waits.append(STARTING_RECHECK_SECONDS)
     plan.requeue_after = max(min(waits), 0.2) if waits else None
     return plan
+
+
+def _autoscale(
+    world: World, spec: ServingJobSpec, status: ServingJobStatus, stamp: str, events: list[Event]
+) -> tuple[int, str]:
+    """The replicas the job runs: spec.replicas, or the autoscaler's count, recorded in status
+    (with an Event when it changes); and which way the autoscaler moved it ("" if it did not)."""
+    auto = spec.autoscaling
+    if auto is None:
+        status.autoscaling = None
+        return spec.replicas, ""
+    before = status.autoscaling
+    current = before.desired_replicas if before and before.desired_replicas else spec.replicas
+    d = autoscale.decide(auto, current, world.load, world.now)
+    moved = d.desired != current and before is not None and bool(before.desired_replicas)
+    status.autoscaling = AutoscalingStatus(
+        desired_replicas=d.desired,
+        metric=auto.metric,
+        value=round(d.value, 3) if d.value is not None else None,
+        target=auto.target,
+        reporting=d.reporting,
+        last_scale_time=stamp if moved else (before.last_scale_time if before else None),
+        message=d.message,
+    )
+    if not moved:
+        return d.desired, ""
+    up = d.desired > current
+    events.append(Event("Normal", "ScaledUp" if up else "ScaledDown", d.message))
+    return d.desired, "up" if up else "down"
 
 
 def _last_batch(pods: list[Obj]) -> int:

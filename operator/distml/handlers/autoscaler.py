@@ -1,0 +1,126 @@
+"""The autoscaler's I/O: every few seconds, the load signal of every autoscaled ServingJob's
+serving Ready replicas, read from their own metrics endpoints (distml_serve_inflight_requests or
+distml_serve_queue_depth on the port named `metrics`, else 9400), as KServe's autoscaler reads
+its queue proxies. The readings stay in memory (an operator that restarts waits a delay window
+before it scales again, which is safe); a job is reconciled when they change its decision
+(distml.servingjob.autoscale), and its planner records the decision before acting on it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from distml import labels, metrics, podstate
+from distml.api.serving import KIND, Autoscaling, LoadMetric
+from distml.handlers.registry import Key
+from distml.reconcile import LoadSample
+from distml.servingjob import autoscale
+
+if TYPE_CHECKING:
+    from distml.handlers.operator import Operator
+
+log = logging.getLogger(__name__)
+SERIES = {
+    LoadMetric.IN_FLIGHT: "distml_serve_inflight_requests",
+    LoadMetric.QUEUE_DEPTH: "distml_serve_queue_depth",
+}
+
+
+def metrics_port(pod: dict[str, Any]) -> int:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "metrics":
+                return int(port["containerPort"])
+    return labels.METRICS_PORT
+
+
+def serving_ready(pod: dict[str, Any]) -> bool:
+    """In its Service and Ready: a replica whose load counts."""
+    draining = (pod["metadata"].get("labels") or {}).get(labels.SERVING) == "false"
+    return podstate.is_ready(pod) and not draining and not podstate.is_deleting(pod)
+
+
+def read_series(text: str, name: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
+
+
+class LoadReader:
+    def __init__(self, op: Operator, period: float = 2.0, timeout: float = 1.5) -> None:
+        self.op, self.period, self.timeout = op, period, timeout
+        self.history: dict[Key, collections.deque[LoadSample]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def readings(self, key: Key) -> tuple[LoadSample, ...]:
+        return tuple(self.history.get(key, ()))
+
+    def forget(self, key: Key) -> None:
+        self.history.pop(key, None)
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.period)
+                try:
+                    await self.read_all()
+                except Exception:
+                    log.exception("reading serving replicas' load failed")
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+    async def read_all(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        jobs = [(k, j) for k, j in list(self.op.jobs.items()) if k[0] == KIND]
+        for key in [k for k in self.history if k not in dict(jobs)]:
+            self.forget(key)
+        await asyncio.gather(*(self.read_job(key, job) for key, job in jobs))
+
+    async def read_job(self, key: Key, job: dict[str, Any]) -> None:
+        spec = job.get("spec") or {}
+        if not spec.get("autoscaling") or job["metadata"].get("deletionTimestamp"):
+            self.forget(key)
+            return
+        auto = Autoscaling.model_validate(spec["autoscaling"])
+        pods = [p for p in self.op.job_pods.get(key, {}).values() if serving_ready(p)]
+        series = SERIES[LoadMetric(auto.metric)]
+        values = await asyncio.gather(*(self._read(p, series) for p in pods))
+        got = [v for v in values if v is not None]
+        now = dt.datetime.now(dt.UTC)
+        history = self.history.setdefault(key, collections.deque())
+        history.append(LoadSample(now, sum(got), len(got)))
+        keep = max(auto.upscale_delay_seconds, auto.downscale_delay_seconds) + 3 * self.period
+        while history and (now - history[0].time).total_seconds() > keep:
+            history.popleft()
+        before = ((job.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
+        current = int(before or spec.get("replicas", 1))
+        moves = autoscale.decide(auto, current, tuple(history), now).desired != current
+        if moves and self.op.workers.has(key):  # under peering, only the active replica acts
+            self.op.workers.wake(key)
+
+    async def _read(self, pod: dict[str, Any], series: str) -> float | None:
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            return None
+        url = f"http://{ip}:{metrics_port(pod)}/metrics"
+        assert self._session is not None
+        try:
+            async with self._session.get(url) as resp:
+                text = await resp.text()
+            value = read_series(text, series)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            log.debug("reading %s: %s", url, err)
+            value = None
+        if value is None:
+            metrics.AUTOSCALE_READS_FAILED.inc()
+        return value
