@@ -13,6 +13,11 @@
 2. Rollout: a ServingJob of 2 replicas on 3 process nodes (real servers, the real kube-proxy),
    CLIENTS concurrent clients through its ClusterIP while its template changes: requests
    served and failed (target 0), p50/p99 before, during and after.
+3. Autoscaling, on the same cluster: an autoscaled ServingJob (1-2 replicas, 1.5 requests in
+   flight per replica, 8 s down delay) under one client, then a step to 1 + CLIENTS clients:
+   the time from the step to the second replica serving, p50/p99 before, during the step and
+   once both serve; then the step's end: the time back to one replica, and requests failed
+   through both changes (target 0).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.http as triton
@@ -228,64 +234,144 @@ def rollout(namespace: str, name: str, clients: int, kubeconfig: str | None = No
     return out
 
 
-def bench_rollout(args: argparse.Namespace) -> dict:
-    """Its own cluster with 3 process nodes; a ServingJob of 2 replicas (a node each), rolled."""
-    from kubernetes import client, config
+SERVER = {
+    "nodeSelector": {"distml.io/simulated-node": "process"},
+    "containers": [{"name": "server", "image": "distml-runtime:0.1.0",
+                    "command": ["python", "-m", "distml_runtime.serve"]}],
+}  # fmt: skip
 
-    from distml.api.serving import serving_job_manifest
-    from distml.localcluster.cluster import LocalCluster
-    from distml.localcluster.nodes import ClusterShape, NodeShape
 
-    say(f"2. rolling update under load: 2 replicas on 3 process nodes, {args.clients} clients")
-    cluster = LocalCluster(root=REPO / ".cluster-bench-serving", bin_dir=REPO / "bin")
-    cluster.up(ClusterShape(nodes=0), NodeShape(), timeout=300)
-    try:
-        cluster.apply_crds(REPO / "crds")
-        cluster.sync_process_nodes(3, gpus=2)
-        cluster.start_operator(free_port())
-        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        custom = client.CustomObjectsApi(api)
-        template = {
-            "spec": {
-                "nodeSelector": {"distml.io/simulated-node": "process"},
-                "containers": [
-                    {
-                        "name": "server",
-                        "image": "distml-runtime:0.1.0",
-                        "command": ["python", "-m", "distml_runtime.serve"],
-                    }
-                ],
-            }
-        }
-        body = serving_job_manifest(
-            "digits", 2, gpusPerReplica=2, template=template,
-            rollout={"maxSurge": 1, "maxUnavailable": 0, "drainSeconds": 2},
-        )  # fmt: skip
-        custom.create_namespaced_custom_object("distml.io", "v1alpha1", "default",
-                                               "servingjobs", body)  # fmt: skip
-        deadline = time.monotonic() + 300
+class ServingCluster:
+    """Its own cluster with 3 process nodes of 2 GPUs and the operator; ServingJobs of one
+    replica per node."""
+
+    def __init__(self) -> None:
+        from distml.localcluster.cluster import LocalCluster
+
+        self.cluster = LocalCluster(root=REPO / ".cluster-bench-serving", bin_dir=REPO / "bin")
+
+    def __enter__(self) -> ServingCluster:
+        from kubernetes import client, config
+
+        from distml.localcluster.nodes import ClusterShape, NodeShape
+
+        self.cluster.up(ClusterShape(nodes=0), NodeShape(), timeout=300)
+        self.cluster.apply_crds(REPO / "crds")
+        self.cluster.sync_process_nodes(3, gpus=2)
+        self.cluster.start_operator(free_port())
+        api = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
+        self.custom, self.core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cluster.down()
+
+    def group(self, name: str) -> tuple[str, str, str, str, str]:
+        return ("distml.io", "v1alpha1", "default", "servingjobs", name)
+
+    def status(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(*self.group(name)).get("status") or {}
+
+    def create(self, name: str, replicas: int, **spec: object) -> None:
+        from distml.api.serving import serving_job_manifest
+
+        body = serving_job_manifest(name, replicas, gpusPerReplica=2, template={"spec": SERVER},
+                                    **spec)  # fmt: skip
+        self.custom.create_namespaced_custom_object(*self.group(name)[:4], body)
+
+    def wait(self, what: str, probe: Any, timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            st = (
-                custom.get_namespaced_custom_object(
-                    "distml.io", "v1alpha1", "default", "servingjobs", "digits"
-                ).get("status")
-                or {}
-            )
-            if st.get("phase") == "Available" and st.get("readyReplicas") == 2:
-                break
-            time.sleep(1)
-        else:
-            raise TimeoutError(f"the ServingJob did not get Available: {st}")
-        return rollout("default", "digits", args.clients, str(cluster.kubeconfig))
-    finally:
-        cluster.down()
+            got = probe()
+            if got:
+                return got
+            time.sleep(0.25)
+        raise TimeoutError(what)
+
+    def serving(self, name: str, n: int) -> dict:
+        """Its status once it asks for `n` replicas and exactly `n` serve, Ready (else {})."""
+        st = self.status(name)
+        want = (st.get("autoscaling") or {}).get("desiredReplicas", st.get("readyReplicas"))
+        states = [r["state"] for r in st.get("replicaStatus", [])]
+        return st if want == n and states == ["Ready"] * n else {}
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(*self.group(name))
+        sel = f"distml.io/job-name={name}"
+        self.wait(
+            f"{name}'s pods gone",
+            lambda: not self.core.list_namespaced_pod("default", label_selector=sel).items,
+        )
+
+
+def bench_rollout(args: argparse.Namespace, c: ServingCluster) -> dict:
+    say(f"2. rolling update under load: 2 replicas on 3 process nodes, {args.clients} clients")
+    c.create("digits", 2, rollout={"maxSurge": 1, "maxUnavailable": 0, "drainSeconds": 2})
+    c.wait("digits Available", lambda: c.serving("digits", 2))
+    out = rollout("default", "digits", args.clients, str(c.cluster.kubeconfig))
+    c.delete("digits")
+    return out
+
+
+def bench_autoscale(args: argparse.Namespace, c: ServingCluster) -> dict:
+    say(f"3. autoscaling: 1-2 replicas, target 1.5 in flight, a step from 1 to "
+        f"{1 + args.clients} clients")  # fmt: skip
+    auto = {"minReplicas": 1, "maxReplicas": 2, "target": 1.5, "downscaleDelaySeconds": 8}
+    c.create("auto", 1, autoscaling=auto, rollout={"drainSeconds": 2})
+    c.wait("one replica serving", lambda: c.serving("auto", 1))
+    ip = c.core.read_namespaced_service("auto", "default").spec.cluster_ip
+    url = f"{ip}:8000"
+    marks: dict[str, float] = {}
+
+    async def run() -> tuple[list[Result], list[Result]]:
+        stop_trickle, stop_step = asyncio.Event(), asyncio.Event()
+        trickle = asyncio.create_task(closed_loop(url, 1, stop=stop_trickle))
+        await asyncio.sleep(5)
+        marks["step"] = time.monotonic()
+        step = asyncio.create_task(closed_loop(url, args.clients, stop=stop_step))
+        await asyncio.to_thread(c.wait, "the step served by 2", lambda: c.serving("auto", 2), 120)
+        marks["up"] = time.monotonic()
+        await asyncio.sleep(5)
+        stop_step.set()
+        marks["end"] = time.monotonic()
+        await asyncio.to_thread(c.wait, "back to 1", lambda: c.serving("auto", 1), 120)
+        marks["down"] = time.monotonic()
+        await asyncio.sleep(2)
+        stop_trickle.set()
+        return await trickle, await step
+
+    trickle, step = asyncio.run(run())
+    results = trickle + step
+    failed = [r[2] for r in results if r[2]]
+    parts = {
+        "before": summary([r for r in results if r[0] < marks["step"]]),
+        "step, one replica": summary([r for r in results if marks["step"] <= r[0] < marks["up"]]),
+        "step, two replicas": summary([r for r in results if marks["up"] <= r[0] < marks["end"]]),
+        "after": summary([r for r in results if r[0] >= marks["end"]]),
+    }
+    out = {"step_to_serving_s": marks["up"] - marks["step"],
+           "end_to_one_s": marks["down"] - marks["end"], "requests": len(results),
+           "failed": len(failed), "errors": sorted(set(failed))[:5], **parts}  # fmt: skip
+    say(f"  load step -> second replica serving: {out['step_to_serving_s']:.1f} s; end of the "
+        f"step -> one replica: {out['end_to_one_s']:.1f} s (8 s delay, 2 s drain); "
+        f"{len(results)} requests, {len(failed)} failed (target 0)")  # fmt: skip
+    for part, s_ in parts.items():
+        say(f"    {part:<18} {s_['requests']:>6} requests  {s_['rps']:>6.0f} req/s  p50 "
+            f"{s_['p50_ms']:6.1f} ms  p99 {s_['p99_ms']:6.1f} ms")  # fmt: skip
+    for e in c.core.list_namespaced_event("default", field_selector="involvedObject.name=auto")\
+            .items:  # fmt: skip
+        if e.reason in ("ScaledUp", "ScaledDown"):
+            say(f"    {e.reason}: {e.message}")
+    c.delete("auto")
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("what", nargs="?", choices=["all", "batching", "rollout"], default="all")
+    ap.add_argument("what", nargs="?", choices=["all", "batching", "rollout", "autoscale"],
+                    default="all")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
     ap.add_argument("--hidden", type=int, default=4096, help="the built-in model's width")
     ap.add_argument("--clients", type=int, default=4)
@@ -297,12 +383,15 @@ def main() -> int:
     figures: dict = {}
     if args.what in ("all", "batching"):
         figures["batching_ratio"] = bench_batching(args)
-    if args.what in ("all", "rollout"):
-        if args.name:
-            figures["rollout"] = rollout(args.namespace or "default", args.name, args.clients,
-                                         args.kubeconfig)  # fmt: skip
-        else:
-            figures["rollout"] = bench_rollout(args)
+    if args.what == "rollout" and args.name:
+        figures["rollout"] = rollout(args.namespace or "default", args.name, args.clients,
+                                     args.kubeconfig)  # fmt: skip
+    elif args.what in ("all", "rollout", "autoscale"):
+        with ServingCluster() as c:
+            if args.what in ("all", "rollout"):
+                figures["rollout"] = bench_rollout(args, c)
+            if args.what in ("all", "autoscale"):
+                figures["autoscale"] = bench_autoscale(args, c)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
