@@ -860,3 +860,13 @@ def test_a_silent_peer_is_deleted_at_once_and_its_node_avoided_by_the_next_admis
     # Long after, the suspicion has lapsed.
     out = decide("admit", Case(queued, cluster=nodes(2), now=4 + 301))
     assert out.status["admission"].nodes == ["n0", "n1"] and out.status["suspect_nodes"] == []
+
+
+def test_elastic_scale_down_before_the_first_count_is_still_a_resize():
+    # The group turned Running and was scaled down before the elastic policy counted it: the
+    # count it was admitted with (3) is where the shrink starts.
+    job = elastic_job(replicas=2)  # no status.workers yet
+    out = decide("elastic", Case(job, pods=elastic_pods(2)))
+    assert out.status["workers"] == 2 and out.status["resizes"] == 1
+    last = out.status["resize_history"][-1]
+    assert (last.from_replicas, last.to_replicas, last.reason) == (3, 2, "ScaledDown")

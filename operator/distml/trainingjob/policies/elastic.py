@@ -165,6 +165,10 @@ def _resizes(
     (direction, reason) for the metric."""
     history = list(o.status.resize_history)
     before = o.status.workers
+    if before is None and o.admission is not None:
+        # Not counted yet (the group turned Running and changed before this policy looked):
+        # it was admitted with this many.
+        before = o.admission.replicas
     if before is None or before == running:
         return history, [], []
     if running < before:
@@ -173,7 +177,7 @@ def _resizes(
             first = sorted(lost.values(), key=lambda f: f.rank)[0]
             reason = "NodeLost" if first.exit_code is None and "node" in first.reason else "PodLost"
             why = describe(first) + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
-        elif leaving:
+        elif leaving or o.spec.replicas < before:  # scaled down (its pods may be gone)
             reason, why = "ScaledDown", f"spec.replicas is {o.spec.replicas}"
         else:
             reason, why = "PodLost", "a worker stopped running"
