@@ -54,6 +54,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["minimum"], out["exclusiveMinimum"] = value, True
         elif key == "default" and value is None:
             continue
+        elif key == "description" and isinstance(value, str):
+            # A docstring's line breaks are where its source wrapped, not where kubectl explain
+            # should break a sentence.
+            out[key] = " ".join(value.split())
         else:
             out[key] = value
     return out
