@@ -116,8 +116,8 @@ EOF
 echo "  a new revision (a template change) rolled out under 4 clients' load:"
 $PY bench/serving.py rollout --namespace default --name digits --clients 4
 $K get sj digits | sed 's/^/  /'
-UID=$($K get sj digits -o jsonpath='{.metadata.uid}')  # not an earlier demo's job of that name
-$K get events --field-selector "involvedObject.uid=$UID" --sort-by=.metadata.resourceVersion \
+SJ_UID=$($K get sj digits -o jsonpath='{.metadata.uid}')  # not an earlier demo's job of that name
+$K get events --field-selector "involvedObject.uid=$SJ_UID" --sort-by=.metadata.resourceVersion \
   -o custom-columns=REASON:.reason,MESSAGE:.message | sed 's/^/  /'
 
 
