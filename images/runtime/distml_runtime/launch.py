@@ -155,21 +155,21 @@ def _ranked_class() -> Any:
         return made
     from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
 
-    class RankedNodeDesc(dr._NodeDesc):
-        def _key(self) -> tuple[int, str, int, int]:
-            return (getattr(self, "node_rank", 0), self.addr, self.pid, self.local_id)
+    def key(d: Any) -> tuple[int, str, int, int]:  # a plain descriptor of torch's sorts as 0
+        return (getattr(d, "node_rank", 0), d.addr, d.pid, d.local_id)
 
+    class RankedNodeDesc(dr._NodeDesc):
         def __lt__(self, other: Any) -> bool:
-            return self._key() < other._key()
+            return key(self) < key(other)
 
         def __le__(self, other: Any) -> bool:
-            return self._key() <= other._key()
+            return key(self) <= key(other)
 
         def __gt__(self, other: Any) -> bool:
-            return self._key() > other._key()
+            return key(self) > key(other)
 
         def __ge__(self, other: Any) -> bool:
-            return self._key() >= other._key()
+            return key(self) >= key(other)
 
     RankedNodeDesc.__module__ = __name__
     RankedNodeDesc.__qualname__ = RankedNodeDesc.__name__ = "_RankedNodeDesc"
