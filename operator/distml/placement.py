@@ -181,7 +181,7 @@ def plan(
     total = sum(cap.values())
     if total < layout.units:
         return NoFit("InsufficientGPUs", "", units=total)
-    kept = _preferred(layout, cap, blocks, prefer)
+    kept = _preferred(layout, cap, prefer)
     if layout.mode == ANY or not any(layout.hops):
         chosen = kept or _best_fit(cap, layout.units)
         return _result(layout, chosen, blocks)
@@ -208,9 +208,7 @@ def _result(layout: Layout, unit_nodes: Sequence[str], blocks: Mapping[str, str]
     return Placement(pods, crossing, used, message)
 
 
-def _preferred(
-    layout: Layout, cap: Mapping[str, int], blocks: Mapping[str, str], prefer: Sequence[str]
-) -> list[str] | None:
+def _preferred(layout: Layout, cap: Mapping[str, int], prefer: Sequence[str]) -> list[str] | None:
     """The previous generation's nodes per unit, if they are all still there with room."""
     if len(prefer) != layout.replicas:
         return None

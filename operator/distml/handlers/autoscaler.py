@@ -81,10 +81,10 @@ class LoadReader:
     async def read_all(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        jobs = [(k, j) for k, j in list(self.op.jobs.items()) if k[0] == KIND]
-        for key in [k for k in self.history if k not in dict(jobs)]:
+        jobs = {k: j for k, j in list(self.op.jobs.items()) if k[0] == KIND}
+        for key in [k for k in self.history if k not in jobs]:
             self.forget(key)
-        await asyncio.gather(*(self.read_job(key, job) for key, job in jobs))
+        await asyncio.gather(*(self.read_job(key, job) for key, job in jobs.items()))
 
     async def read_job(self, key: Key, job: dict[str, Any]) -> None:
         spec = job.get("spec") or {}
@@ -102,8 +102,7 @@ class LoadReader:
         keep = max(auto.upscale_delay_seconds, auto.downscale_delay_seconds) + 3 * self.period
         while history and (now - history[0].time).total_seconds() > keep:
             history.popleft()
-        before = ((job.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
-        current = int(before or spec.get("replicas", 1))
+        current = autoscale.asked_for(job)
         moves = autoscale.decide(auto, current, tuple(history), now).desired != current
         if moves and self.op.workers.has(key):  # under peering, only the active replica acts
             self.op.workers.wake(key)

@@ -17,6 +17,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from distml.api.serving import Autoscaling
 from distml.reconcile import LoadSample
@@ -33,6 +34,13 @@ class Decision:
 
     def direction(self, before: int) -> str:
         return "up" if self.desired > before else "down" if self.desired < before else ""
+
+
+def asked_for(job: dict[str, Any]) -> int:
+    """The replicas an autoscaled job asks for now, as its status records them (spec.replicas
+    until the autoscaler has decided once)."""
+    stored = ((job.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
+    return int(stored or (job.get("spec") or {}).get("replicas", 1))
 
 
 def bounded(auto: Autoscaling, n: int) -> int:

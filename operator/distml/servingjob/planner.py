@@ -486,7 +486,7 @@ def _autoscale(
         status.autoscaling = None
         return spec.replicas, ""
     before = status.autoscaling
-    current = before.desired_replicas if before and before.desired_replicas else spec.replicas
+    current = autoscale.asked_for(world.job)
     d = autoscale.decide(auto, current, world.load, world.now)
     moved = d.desired != current and before is not None and bool(before.desired_replicas)
     status.autoscaling = AutoscalingStatus(
