@@ -244,6 +244,16 @@ def test_a_service_name_taken_by_someone_else_is_reported_until_it_is_free(
         ({"autoscaling": {"maxReplicas": 2, "target": 0}}, "spec.autoscaling.target"),
         ({"autoscaling": {"maxReplicas": 2, "target": 1, "metric": "GPUTemperature"}},
          "spec.autoscaling.metric"),
+        ({"pipeline": {"stages": 1}}, "spec.pipeline.stages"),
+        ({"pipeline": {"stages": 4}}, "spec.pipeline.stages"),  # 3 layers
+        ({"model": {"widths": [8, 8, 8]}, "pipeline": {"stages": 3, "boundaries": [3, 1]}},
+         "spec.pipeline.boundaries"),
+        ({"model": {"widths": [8, 8, 8]}, "pipeline": {"stages": 3, "boundaries": [2]}},
+         "spec.pipeline.boundaries"),
+        ({"model": {"widths": [8, 8]}, "pipeline": {"stages": 2, "boundaries": [3]}},
+         "spec.pipeline.boundaries"),
+        ({"gpusPerReplica": 3, "pipeline": {"stages": 2}}, "spec.gpusPerReplica"),
+        ({"model": {"widths": []}}, "spec.model.widths"),
     ],
 )  # fmt: skip
 def test_bad_specs_are_refused_by_the_api_server_naming_the_field(custom, namespace, spec, field):

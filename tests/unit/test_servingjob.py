@@ -92,7 +92,7 @@ class Sim:
         ready = sum(
             1
             for p in self.pods.values()
-            if podstate.is_ready(p) and p["metadata"]["labels"][labels.SERVING] == "true"
+            if podstate.is_ready(p) and p["metadata"]["labels"].get(labels.SERVING) == "true"
         )
         if plan.status["phase"] != "Pending":
             seen = self.min_ready_seen

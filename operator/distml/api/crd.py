@@ -227,6 +227,12 @@ def servingjob_crd() -> dict[str, Any]:
         _column("Reason", ".status.reason", priority=1),
         _column("GPUs", ".status.gpus", "integer", 1),
         _column("Revision", ".status.updateRevision", priority=1),
+        _column(
+            "Stages",
+            ".status.pipeline.text",
+            priority=1,
+            description="a pipeline replica's split: each stage's layers",
+        ),
         _column("Message", ".status.message", priority=1),
     ]
     return _crd(serving.KIND, serving.PLURAL, "sj", columns, servingjob_schema())

@@ -10,9 +10,11 @@ from typing import Any
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from distml.api.models import GROUP, VERSION, Condition, _Model
+from distml.api.models import GROUP, VERSION, Condition, PipelineStages, _Model
 
 KIND = "ServingJob"
+DEFAULT_WIDTHS = (128, 128)  # the built-in model's hidden layers (as train.ddp builds it)
+MAX_STAGES = 16
 PLURAL = "servingjobs"
 DEFAULT_PORT = 8000
 # The image a ServingJob without a template runs (the operator's --runtime-image overrides it).
@@ -53,6 +55,18 @@ class Model(_Model):
         "built-in model), pvc://CLAIM/folder, host:///folder on the node, or file:///folder "
         "the template mounts itself. The newest step-*.pt there is loaded.",
     )
+    widths: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_WIDTHS),
+        min_length=1,
+        max_length=63,
+        description="The hidden layers of the served MLP (64 features in, 10 classes out): "
+        "len(widths) + 1 layers, the units a pipeline is split into. A checkpoint must have "
+        "these shapes.",
+        json_schema_extra={
+            "default": list(DEFAULT_WIDTHS),
+            "items": {"type": "integer", "minimum": 1, "maximum": 65536},
+        },
+    )
 
 
 class Batching(_Model):
@@ -81,6 +95,61 @@ class Rollout(_Model):
         le=3600,
         description="How long a replica taken out of the Service keeps answering the requests "
         "already on their way to it before it is stopped.",
+    )
+
+
+class PipelineSplit(StrEnum):
+    BALANCED = "Balanced"  # the slowest stage as fast as any split allows (FLOPs per layer)
+    EVEN = "Even"  # the same number of layers per stage
+
+
+class Pipeline(_Model):
+    """A replica too large for one GPU: `stages` pods, one per stage, started as a gang and
+    placed by the network topology. Stage 0 serves the protocol; the batches it forms stream
+    through the stages over TCP (stage k listens on port + k), up to one per stage in flight,
+    and the last stage's output returns to stage 0. The replica is Ready only when every stage
+    is up and a warm-up inference went through all of them; a stage lost takes its replica out
+    of the Service and the whole group is replaced. spec.gpusPerReplica is split evenly over
+    the stages."""
+
+    stages: int = Field(..., ge=2, le=MAX_STAGES, description="Stage pods per replica.")
+    split: PipelineSplit = Field(
+        PipelineSplit.BALANCED,
+        description="Where the layers are cut when boundaries is empty: Balanced (the slowest "
+        "stage, by each layer's multiply-adds, as fast as any split allows) or Even (the same "
+        "number of layers per stage).",
+    )
+    boundaries: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_STAGES - 1,
+        description="Explicit cuts: the first layer of stages 1 .. stages-1, increasing.",
+        json_schema_extra={
+            "default": [],
+            "items": {"type": "integer", "minimum": 1},
+            "x-kubernetes-list-type": "set",
+        },
+    )
+    microbatches: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Pieces each batch is cut into. The batcher's batches already stream through "
+        "the stages, up to one per stage at once, each stage working on a different one; more "
+        "pieces shorten a large batch's trip when a layer's cost grows with its rows, and cost "
+        "a pass per piece when it does not (make bench-serving measures both).",
+    )
+    placement: PipelineStages = Field(
+        PipelineStages.PREFER_SAME_BLOCK,
+        description="SameBlock: a replica's stages inside one network block or it waits; "
+        "PreferSameBlock: the fewest block crossings the free GPUs allow; Any: no topology.",
+    )
+    port: int = Field(29600, ge=1, le=65000, description="Stage k takes activations on port + k.")
+    peer_timeout_seconds: float = Field(
+        5.0,
+        ge=1,
+        le=600,
+        description="A stage that hears nothing from its neighbour this long (idle stages "
+        "exchange a heartbeat every second) exits, and its replica is replaced.",
     )
 
 
@@ -138,6 +207,7 @@ class ServingJobSpec(_Model):
     rollout: Rollout = Field(default_factory=lambda: Rollout(), json_schema_extra=_DEFAULTED)
     port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="The server's HTTP port.")
     autoscaling: Autoscaling | None = None
+    pipeline: Pipeline | None = None
     priority: int = Field(
         0, description="Queue order on the GPU ledger it shares with TrainingJobs."
     )
@@ -153,6 +223,11 @@ class ReplicaStatus(_Model):
         ...,
         description="Starting, Ready, NotReady (was Ready, probe failing), Draining (out of the "
         "Service, finishing its requests), Failed.",
+    )
+    stage_nodes: list[str] | None = Field(
+        None,
+        description="A pipeline replica: the node of each stage pod, in stage order.",
+        json_schema_extra={"items": {"type": "string", "description": "A node name."}},
     )
 
 
@@ -187,6 +262,26 @@ class AutoscalingStatus(_Model):
     message: str = Field("", description="Its latest decision, in a sentence.")
 
 
+class StageSplit(_Model):
+    """One stage of the split: its layers and its share of the multiply-adds."""
+
+    stage: int = Field(..., description="Its index (0 serves the protocol).")
+    first_layer: int = Field(..., description="Its first layer.")
+    last_layer: int = Field(..., description="Its last layer (inclusive).")
+    share: float = Field(..., description="Its fraction of the model's multiply-adds.")
+
+
+class PipelineStatus(_Model):
+    """The split every replica runs, decided before any pod starts."""
+
+    stages: int = Field(0, description="Stage pods per replica.")
+    layers: int = Field(0, description="Layers in the model.")
+    split: str = Field("", description="Balanced, Even or Explicit.")
+    text: str = Field("", description="The split in one line, e.g. 0-1 | 2-4.")
+    slowest_share: float = Field(0, description="The largest stage's share of the work.")
+    per_stage: list[StageSplit] = Field(default_factory=list, description="Every stage.")
+
+
 class ServingJobStatus(_Model):
     """What the operator observed and decided, as of observedGeneration."""
 
@@ -216,6 +311,7 @@ class ServingJobStatus(_Model):
     queued_time: str | None = Field(None, description="Since when a replica waits for GPUs.")
     admission: ServingAdmission | None = None
     autoscaling: AutoscalingStatus | None = None
+    pipeline: PipelineStatus | None = None
     replica_status: list[ReplicaStatus] = Field(
         default_factory=list, description="Every replica, with its revision and state."
     )
@@ -235,6 +331,32 @@ SPEC_RULES: list[dict[str, str]] = [
         "fieldPath": ".autoscaling.minReplicas",
     },
     {
+        "rule": "!has(self.pipeline) || self.pipeline.stages <= size(self.model.widths) + 1",
+        "message": "spec.pipeline.stages must be at most the model's layers "
+        "(size(spec.model.widths) + 1): every stage needs a layer",
+        "fieldPath": ".pipeline.stages",
+    },
+    {
+        "rule": "!has(self.pipeline) || size(self.pipeline.boundaries) == 0 || "
+        "size(self.pipeline.boundaries) == self.pipeline.stages - 1",
+        "message": "spec.pipeline.boundaries needs one cut per stage after the first "
+        "(stages - 1 of them), or none",
+        "fieldPath": ".pipeline.boundaries",
+    },
+    {
+        "rule": "!has(self.pipeline) || (self.pipeline.boundaries.isSorted() && "
+        "self.pipeline.boundaries.all(b, b <= size(self.model.widths)))",
+        "message": "spec.pipeline.boundaries must increase, each a layer after the first and "
+        "before the end (1 .. size(spec.model.widths))",
+        "fieldPath": ".pipeline.boundaries",
+    },
+    {
+        "rule": "!has(self.pipeline) || self.gpusPerReplica % self.pipeline.stages == 0",
+        "message": "spec.gpusPerReplica must be a multiple of spec.pipeline.stages: each stage "
+        "pod gets gpusPerReplica / stages",
+        "fieldPath": ".gpusPerReplica",
+    },
+    {
         "rule": "!has(self.template.spec) || size(self.template.spec.containers) >= 1",
         "message": "spec.template.spec.containers needs at least one container (the server)",
         "fieldPath": ".template.spec.containers",
@@ -242,7 +364,8 @@ SPEC_RULES: list[dict[str, str]] = [
 ]
 NAME_RULE = {
     "rule": "size(self.metadata.name) <= 40",
-    "message": "metadata.name must be at most 40 characters (pod names add a revision and index)",
+    "message": "metadata.name must be at most 40 characters (pod names add a revision, an index "
+    "and a stage)",
 }
 
 

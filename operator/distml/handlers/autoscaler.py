@@ -41,9 +41,10 @@ def metrics_port(pod: dict[str, Any]) -> int:
 
 
 def serving_ready(pod: dict[str, Any]) -> bool:
-    """In its Service and Ready: a replica whose load counts."""
-    draining = (pod["metadata"].get("labels") or {}).get(labels.SERVING) == "false"
-    return podstate.is_ready(pod) and not draining and not podstate.is_deleting(pod)
+    """In its Service and Ready: a replica whose load counts (a pipeline's later stages are in
+    no Service: their replica's load is its stage 0's)."""
+    serving = (pod["metadata"].get("labels") or {}).get(labels.SERVING) == "true"
+    return podstate.is_ready(pod) and serving and not podstate.is_deleting(pod)
 
 
 def read_series(text: str, name: str) -> float | None:

@@ -8,26 +8,45 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from distml import admission, rendering
+from distml import admission, placement, rendering
 from distml.podstate import parse_time
 
 Obj = dict[str, Any]
 
 
-def gang(job: Obj) -> admission.Gang:
-    """One replica of the job as a gang of one, not admitted."""
+def stages(job: Obj) -> int:
+    """Pods per replica: its pipeline's stages, or 1."""
+    return int(((job.get("spec") or {}).get("pipeline") or {}).get("stages") or 1)
+
+
+def layout(job: Obj, replicas: int) -> placement.Layout | None:
+    """A pipeline-split job's `replicas` replicas as the placement planner's grid: pod i is
+    stage i // replicas of replica i % replicas (stage-major, as it orders ranks)."""
+    pipeline = (job.get("spec") or {}).get("pipeline")
+    if not pipeline:
+        return None
+    k = int(pipeline["stages"])
+    mode = str(pipeline.get("placement") or placement.PREFER_SAME_BLOCK)
+    return placement.Layout(replicas * k, 1, pipeline=k, mode=mode)
+
+
+def gang(job: Obj, replicas: int = 1) -> admission.Gang:
+    """`replicas` replicas of the job (their pods: a pipeline's stages each) as one gang, not
+    admitted."""
     meta, spec = job["metadata"], job.get("spec") or {}
-    gpus = int(spec.get("gpusPerReplica", 0))
+    k = stages(job)
+    gpus = int(spec.get("gpusPerReplica", 0)) // k
     nodes = rendering.node_filter(spec.get("template") or {}, gpus)
     return admission.Gang(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),
         name=str(meta["name"]),
-        replicas=1,
+        replicas=replicas * k,
         gpus_per_replica=gpus,
         nodes=nodes,
         priority=int(spec.get("priority", 0)),
         created=str(meta.get("creationTimestamp", "")),
+        layout=layout(job, replicas),
     )
 
 
@@ -40,6 +59,7 @@ def demand(job: Obj) -> admission.Gang | None:
     if adm.get("pods"):
         return dataclasses.replace(
             base,
+            layout=None,  # placed: its reservation is per pod
             replicas=len(adm["pods"]),
             generation=int(adm.get("batch", 0)),
             gpus_per_replica=int(adm.get("gpusPerReplica", base.gpus_per_replica)),
@@ -48,6 +68,6 @@ def demand(job: Obj) -> admission.Gang | None:
     if status.get("queuedTime"):
         lacking = int(spec.get("replicas", 1)) - int(status.get("updatedReplicas") or 0)
         return dataclasses.replace(
-            base, replicas=max(lacking, 1), waiting_since=parse_time(status.get("queuedTime"))
+            gang(job, max(lacking, 1)), waiting_since=parse_time(status.get("queuedTime"))
         )
     return None

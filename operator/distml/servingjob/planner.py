@@ -35,8 +35,8 @@ from distml.api.serving import (
 from distml.conditions import set_condition
 from distml.podstate import iso, parse_time
 from distml.reconcile import Event, Plan, PodDeletion, PodPatch, Settings, World
-from distml.servingjob import autoscale, rendering
-from distml.servingjob.demand import gang
+from distml.servingjob import autoscale, rendering, split
+from distml.servingjob.demand import gang, stages
 
 Obj = dict[str, Any]
 REFUSED_RETRY_SECONDS = 10.0
@@ -54,16 +54,76 @@ class Signals:
 
 
 @dataclass
-class Replicas:
-    """The job's pods, sorted by what they are to the rollout."""
+class Replica:
+    """One replica: its pod, or, split into a pipeline, its stage pods (a gang: it serves only
+    whole, and is replaced whole)."""
 
-    new: list[Obj] = field(default_factory=list)  # serving, of the update revision
-    old: list[Obj] = field(default_factory=list)  # serving, of another revision
-    draining: list[Obj] = field(default_factory=list)  # out of the Service, not deleted yet
-    failed: list[Obj] = field(default_factory=list)  # finished (a server never exits on its own)
+    name: str
+    pods: list[Obj]  # live (not being deleted), by stage
+    stages: int = 1
+    broken: str = ""  # why the group is not whole: a stage pod deleted or missing
 
     @property
-    def serving(self) -> list[Obj]:
+    def head(self) -> Obj | None:
+        """The pod that serves: stage 0."""
+        return next((p for p in self.pods if _stage(p) == 0), None)
+
+    @property
+    def ready(self) -> bool:
+        head = self.head
+        return head is not None and podstate.is_ready(head) and len(self.pods) == self.stages
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.broken) or any(podstate.is_terminal(p) for p in self.pods)
+
+    @property
+    def draining(self) -> bool:
+        head = self.head
+        return head is not None and _draining(head)
+
+    @property
+    def revision(self) -> str:
+        return _revision(self.pods[0])
+
+    @property
+    def node(self) -> str:
+        head = self.head
+        return podstate.node_name(head) if head is not None else ""
+
+    @property
+    def stage_nodes(self) -> list[str] | None:
+        if self.stages == 1:
+            return None
+        return [podstate.node_name(p) for p in self.pods]
+
+    def why_failed(self) -> str:
+        if self.broken:
+            return self.broken
+        pod = next(p for p in self.pods if podstate.is_terminal(p))
+        code = podstate.exit_code(pod)
+        why = podstate.failure_reason(pod)
+        said = f"exit code {code}" if code is not None else "no exit code"
+        where = f"stage {_stage(pod)} ({_name(pod)}): " if self.stages > 1 else ""
+        return f"{where}{said}{f' ({why})' if why else ''}"
+
+    def where(self) -> str:
+        if self.stages == 1:
+            return self.node or "no node"
+        return ", ".join(podstate.node_name(p) or "no node" for p in self.pods)
+
+
+@dataclass
+class Replicas:
+    """The job's replicas, sorted by what they are to the rollout."""
+
+    new: list[Replica] = field(default_factory=list)  # serving, of the update revision
+    old: list[Replica] = field(default_factory=list)  # serving, of another revision
+    draining: list[Replica] = field(default_factory=list)  # out of the Service, not deleted yet
+    failed: list[Replica] = field(default_factory=list)  # a pod finished, or the group broke
+
+    @property
+    def serving(self) -> list[Replica]:
         return [*self.new, *self.old]
 
 
@@ -71,27 +131,56 @@ def _name(pod: Obj) -> str:
     return str(pod["metadata"]["name"])
 
 
+def _labels(pod: Obj) -> dict[str, str]:
+    return pod["metadata"].get("labels") or {}
+
+
 def _draining(pod: Obj) -> bool:
-    return (pod["metadata"].get("labels") or {}).get(labels.SERVING) == "false"
+    return _labels(pod).get(labels.SERVING) == "false"
 
 
 def _revision(pod: Obj) -> str:
-    return (pod["metadata"].get("labels") or {}).get(labels.REVISION, "")
+    return _labels(pod).get(labels.REVISION, "")
 
 
-def sort_replicas(pods: list[Obj], rev: str) -> Replicas:
+def _stage(pod: Obj) -> int:
+    return int(_labels(pod).get(labels.STAGE, "0"))
+
+
+def sort_replicas(pods: list[Obj], rev: str, pending: frozenset[str] = frozenset()) -> Replicas:
+    """`pending`: stage pods being created now (not in the cache yet), not missing. A replica
+    has the stages its pods say (a rollout may change their number)."""
+    groups: dict[str, list[Obj]] = {}
+    for pod in pods:
+        groups.setdefault(_labels(pod).get(labels.REPLICA) or _name(pod), []).append(pod)
     r = Replicas()
-    for pod in sorted(pods, key=_name):
-        if podstate.is_deleting(pod):
+    for name in sorted(groups):
+        members = sorted(groups[name], key=_stage)
+        live = [p for p in members if not podstate.is_deleting(p)]
+        if not live:
             continue  # going: its GPUs are the ledger's to count until it is gone
-        if podstate.is_terminal(pod):
-            r.failed.append(pod)
-        elif _draining(pod):
-            r.draining.append(pod)
-        elif _revision(pod) == rev:
-            r.new.append(pod)
+        size = int(_labels(live[0]).get(labels.STAGES) or 1)
+        replica = Replica(name, live, size)
+        if size > 1:
+            gone = [_name(p) for p in members if podstate.is_deleting(p)]
+            have = {_stage(p) for p in live}
+            lost = [
+                rendering.stage_pod_name(name, k)
+                for k in range(size)
+                if k not in have and rendering.stage_pod_name(name, k) not in pending
+            ]
+            if gone:
+                replica.broken = f"its stage pod {gone[0]} is being deleted"
+            elif lost:
+                replica.broken = f"its stage pod {lost[0]} is gone"
+        if replica.failed:
+            r.failed.append(replica)
+        elif replica.draining:
+            r.draining.append(replica)
+        elif replica.revision == rev:
+            r.new.append(replica)
         else:
-            r.old.append(pod)
+            r.old.append(replica)
     return r
 
 
@@ -111,45 +200,64 @@ def _free_names(job: str, rev: str, taken: set[str], count: int) -> list[str]:
 
 
 def _place(
-    world: World, settings: Settings, spec: ServingJobSpec, count: int, queued: str | None
-) -> tuple[list[str], admission.Verdict | None]:
-    """Nodes for up to `count` new replicas, the most the ledger (and the queue order it keeps
-    with every TrainingJob) lets start now; with the verdict that stopped it at fewer."""
-    base = dataclasses.replace(gang(world.job), waiting_since=parse_time(queued))
-    last: admission.Verdict | None = None
-    for k in range(count, 0, -1):
-        mine = dataclasses.replace(base, replicas=k)
-        verdict = admission.plan_queue(
-            [*world.gangs, mine],
-            world.nodes,
-            world.cluster_pods,
-            world.now,
-            settings.backfill_seconds,
-            until=mine.uid,
-        )[mine.uid]
-        if verdict.admitted:
-            return list(verdict.nodes), last
-        last = last or verdict
-    return [], last
+    world: World,
+    settings: Settings,
+    count: int,
+    queued: str | None,
+    zones_used: dict[str, int],
+) -> tuple[list[tuple[str, ...]], admission.Verdict | None]:
+    """Nodes for up to `count` new replicas (a node per stage pod), the most the ledger (and
+    the queue order it keeps with every TrainingJob) lets start now; with the verdict that
+    stopped it at fewer. Replicas are placed one at a time, each first in the zone that holds
+    the fewest of the job's replicas (`zones_used`, counted on as they are placed)."""
+    job = world.job
+    k = stages(job)
+    keys = settings.topology
+    zone_of = {n["metadata"]["name"]: keys.zone_of(n) for n in world.nodes}
+    zones = sorted({z for z in zone_of.values() if z})
+    used = {z: zones_used.get(z, 0) for z in zones}
+    placed: list[tuple[str, ...]] = []
+    held: list[admission.Gang] = []  # this batch's replicas placed so far, as the ledger's
+    for index in range(count):
+        base = dataclasses.replace(gang(job), waiting_since=parse_time(queued))
+        tries = [base]
+        if len(zones) > 1:
+            least = min(used.values())
+            away = frozenset(n for n, z in zone_of.items() if used.get(z, least) > least)
+            if away:
+                tries.insert(0, dataclasses.replace(
+                    base, nodes=dataclasses.replace(base.nodes, avoid=base.nodes.avoid | away)
+                ))  # fmt: skip
+        verdict: admission.Verdict | None = None
+        for mine in tries:
+            verdict = admission.plan_queue(
+                [*world.gangs, *held, mine], world.nodes, world.cluster_pods, world.now,
+                settings.backfill_seconds, until=mine.uid, keys=keys,
+            )[mine.uid]  # fmt: skip
+            if verdict.admitted:
+                break
+        assert verdict is not None
+        if not verdict.admitted:
+            return placed, verdict
+        nodes = tuple(verdict.nodes) if verdict.nodes else ("",) * k
+        placed.append(nodes)
+        held.append(dataclasses.replace(base, uid=f"{base.uid}/{index}", admitted=nodes,
+                                        layout=None))  # fmt: skip
+        if zone := zone_of.get(nodes[0], ""):
+            used[zone] = used.get(zone, 0) + 1
+    return placed, None
 
 
-def _state(pod: Obj, before: str) -> str:
+def _state(replica: Replica, before: str) -> str:
     """Its state now; `before`, what the last status said (a replica that was Ready and is not
     now has a failing readiness probe: a hung or dying server)."""
-    if podstate.is_terminal(pod):
+    if replica.failed:
         return "Failed"
-    if _draining(pod):
+    if replica.draining:
         return "Draining"
-    if podstate.is_ready(pod):
+    if replica.ready:
         return "Ready"
     return "NotReady" if before in ("Ready", "NotReady") else "Starting"
-
-
-def _why_failed(pod: Obj) -> str:
-    code = podstate.exit_code(pod)
-    why = podstate.failure_reason(pod)
-    said = f"exit code {code}" if code is not None else "no exit code"
-    return f"{said}{f' ({why})' if why else ''}"
 
 
 def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
@@ -164,11 +272,28 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     want, autoscaled = _autoscale(world, spec, status, stamp, events)
     surge, unavailable = spec.rollout.max_surge, spec.rollout.max_unavailable
     min_ready = max(want - unavailable, 0)
-    r = sort_replicas(world.pods, rev)
+    k = stages(job)
     plan = Plan(signals=Signals(autoscaled=autoscaled))
-    taken = {_name(p) for p in world.pods}
+    taken = {_name(p) for p in world.pods} | {
+        _labels(p)[labels.REPLICA] for p in world.pods if labels.REPLICA in _labels(p)
+    }
     replaced = 0
     reason, message = "", ""
+    ranges, split_error = "", ""
+    if spec.pipeline:
+        try:
+            status.pipeline = split.describe(spec.model.widths, spec.pipeline)
+            ranges = ",".join(f"{s.first_layer}:{s.last_layer + 1}"
+                              for s in status.pipeline.per_stage)  # fmt: skip
+        except split.SplitError as err:
+            status.pipeline, split_error = None, str(err)
+    else:
+        status.pipeline = None
+
+    def render(name: str, batch: int, slot: int, node: str) -> Obj:
+        replica, stage = _replica_of(name, k)
+        return rendering.render_pod(meta, spec, rev, replica, batch, slot, node,
+                                    settings.runtime_image, stage, ranges)  # fmt: skip
 
     # A new revision: the rollout starts.
     rolling_from = status.update_revision
@@ -189,40 +314,42 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
         set(adm.pods) <= taken or not all(_of_revision(n, meta["name"], rev) for n in adm.pods)
     ):
         status.admission = adm = None
-    resumed: list[str] = []
+    resumed: list[str] = []  # replicas whose pods the last admission created, not all seen
+    pending: set[str] = set()
     if adm:
         where = adm.nodes or [""] * len(adm.pods)
         for slot, (name, node) in enumerate(zip(adm.pods, where, strict=False)):
             if name not in taken:
-                resumed.append(name)
-                plan.create.append(
-                    rendering.render_pod(
-                        meta, spec, rev, name, adm.batch, slot, node, settings.runtime_image
-                    )
-                )
+                pending.add(name)
+                replica = _replica_of(name, k)[0]
+                if replica not in resumed and replica not in taken:
+                    resumed.append(replica)
+                plan.create.append(render(name, adm.batch, slot, node))
+    r = sort_replicas(world.pods, rev, frozenset(pending))
 
-    # Failed replicas: deleted, and replaced below like any missing one.
-    for pod in r.failed:
-        plan.delete.append(PodDeletion(_name(pod)))
+    # Failed replicas: deleted (every stage pod), and replaced below like any missing one.
+    for rep in r.failed:
+        plan.delete.extend(PodDeletion(_name(p)) for p in rep.pods)
         replaced += 1
         events.append(
             Event(
                 "Warning",
                 "ReplicaFailed",
-                f"replica {_name(pod)} failed on {podstate.node_name(pod) or 'no node'}:"
-                f" {_why_failed(pod)}; replacing it",
+                f"replica {rep.name} failed on {rep.where()}: {rep.why_failed()}; replacing it"
+                + (" (all its stages)" if k > 1 else ""),
             )
         )
-        reason, message = "ReplicaFailed", f"replica {_name(pod)} failed ({_why_failed(pod)})"
+        reason, message = "ReplicaFailed", f"replica {rep.name} failed ({rep.why_failed()})"
     # Drained replicas: stopped once their drain is over.
     drain_wait: float | None = None
-    for pod in r.draining:
-        started = parse_time((pod["metadata"].get("annotations") or {}).get(labels.DRAIN_STARTED))
+    for rep in r.draining:
+        head = rep.head or rep.pods[0]
+        started = parse_time((head["metadata"].get("annotations") or {}).get(labels.DRAIN_STARTED))
         left = spec.rollout.drain_seconds - (now - (started or now)).total_seconds()
         if left <= 0:
-            plan.delete.append(PodDeletion(_name(pod)))
+            plan.delete.extend(PodDeletion(_name(p)) for p in rep.pods)
             events.append(
-                Event("Normal", "ReplicaStopped", f"replica {_name(pod)} stopped after draining")
+                Event("Normal", "ReplicaStopped", f"replica {rep.name} stopped after draining")
             )
         else:
             drain_wait = left if drain_wait is None else min(drain_wait, left)
@@ -245,9 +372,11 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     holding = len(r.serving) + len(r.draining) + len(resumed)
     missing = max(want - len(r.new) - len(resumed), 0)
     room = want + surge - holding
-    nodes: list[str] = []
+    nodes: list[tuple[str, ...]] = []
     verdict: admission.Verdict | None = None
-    if violations:
+    if split_error:
+        reason, message = "InvalidPipeline", f"no replica created: {split_error}"
+    elif violations:
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         reason = "PodPolicyViolation"
         message = (
@@ -255,26 +384,27 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             f"namespace {meta['namespace']}: {violations[0]}{more}"
         )
     elif missing and room > 0 and not status.admission and not refused_pod:
-        nodes, verdict = _place(world, settings, spec, min(missing, room), status.queued_time)
+        zones_used = _zones_used(world, settings, r.serving)
+        nodes, verdict = _place(world, settings, min(missing, room), status.queued_time,
+                                zones_used)  # fmt: skip
     created: list[str] = []
     if nodes:
         batch = (status.admission.batch if status.admission else _last_batch(world.pods)) + 1
         created = _free_names(meta["name"], rev, taken, len(nodes))
+        pods = [_pod_of(name, stage, k) for name in created for stage in range(k)]
+        where = [node for group in nodes for node in group]
         status.admission = ServingAdmission(
             batch=batch,
             replicas=len(nodes),
-            gpus_per_replica=spec.gpus_per_replica,
-            nodes=list(nodes),
-            pods=created,
+            gpus_per_replica=rendering.gpus_per_pod(spec),
+            nodes=where,
+            pods=pods,
         )
-        for slot, (name, node) in enumerate(zip(created, nodes, strict=True)):
-            plan.create.append(
-                rendering.render_pod(
-                    meta, spec, rev, name, batch, slot, node, settings.runtime_image
-                )
-            )
+        for slot, (name, node) in enumerate(zip(pods, where, strict=True)):
+            plan.create.append(render(name, batch, slot, node))
         placed = ", ".join(
-            f"{n} on {node}" if node else n for n, node in zip(created, nodes, strict=True)
+            f"{n} on {'+'.join(group)}" if any(group) else n
+            for n, group in zip(created, nodes, strict=True)
         )
         verb = "Surging" if holding + len(created) > want else "ReplicaCreated"
         events.append(Event("Normal", verb, f"created {placed} (revision {rev})"))
@@ -290,6 +420,8 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     # and again while a refusal is said, until the API takes it.
     if starting or world.refused:
         plan.create.insert(0, rendering.render_service(meta, spec))
+        if spec.pipeline:
+            plan.create.insert(1, rendering.render_stage_service(meta, spec))
 
     # Drains: old replicas (and, scaling down, surplus new ones) leave the Service.
     gpu_blocked = verdict is not None and not created
@@ -297,12 +429,16 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     in_place = max(missing - len(created), 0) if (gpu_blocked or no_room) and r.old else 0
     serving_count = len(r.serving) + len(starting)
     new_left = len(r.new) + len(starting)
-    ready = sum(1 for p in r.serving if podstate.is_ready(p))
-    drained: list[Obj] = []
-    for pod in sorted(r.old, key=podstate.is_ready) + sorted(r.new, key=podstate.is_ready):
-        is_ready = podstate.is_ready(pod)
+    ready = sum(1 for x in r.serving if x.ready)
+
+    def by_ready(x: Replica) -> bool:
+        return x.ready
+
+    drained: list[Replica] = []
+    for rep in sorted(r.old, key=by_ready) + sorted(r.new, key=by_ready):
+        is_ready = rep.ready
         keeps_min = not is_ready or ready - 1 >= min_ready
-        if pod in r.old:
+        if rep in r.old:
             if serving_count > want and keeps_min:
                 pass
             elif in_place > 0 and keeps_min:
@@ -313,23 +449,23 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             new_left -= 1
         else:
             continue
-        drained.append(pod)
+        drained.append(rep)
         serving_count -= 1
         ready -= 1 if is_ready else 0
-    for pod in drained:
+    for rep in drained:
         plan.patch.append(
             PodPatch(
-                _name(pod),
+                _name(rep.head or rep.pods[0]),
                 labels={labels.SERVING: "false"},
                 annotations={labels.DRAIN_STARTED: stamp},
             )
         )
-        how = "in place (no GPUs for a surge replica)" if gpu_blocked and pod in r.old else ""
+        how = "in place (no GPUs for a surge replica)" if gpu_blocked and rep in r.old else ""
         events.append(
             Event(
                 "Normal",
                 "Draining",
-                f"replica {_name(pod)} left the Service{' ' + how if how else ''}; "
+                f"replica {rep.name} left the Service{' ' + how if how else ''}; "
                 f"stopping it in {spec.rollout.drain_seconds:g}s",
             )
         )
@@ -338,14 +474,14 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
 
     # Status.
     deleted = {d.name for d in plan.delete}
-    drained_names = {_name(p) for p in drained}
-    serving_now = [p for p in r.serving if _name(p) not in drained_names]
-    ready_now = [p for p in serving_now if podstate.is_ready(p)]
-    new_now = [p for p in r.new if _name(p) not in drained_names]
-    old_left = [p for p in r.old if _name(p) not in drained_names] + [
-        p for p in r.draining if _revision(p) != rev
+    drained_names = {x.name for x in drained}
+    serving_now = [x for x in r.serving if x.name not in drained_names]
+    ready_now = [x for x in serving_now if x.ready]
+    new_now = [x for x in r.new if x.name not in drained_names]
+    old_left = [x for x in r.old if x.name not in drained_names] + [
+        x for x in r.draining if x.revision != rev
     ]
-    done = not old_left and len(new_now) == want and all(podstate.is_ready(p) for p in new_now)
+    done = not old_left and len(new_now) == want and all(x.ready for x in new_now)
     if done and status.current_revision != rev:
         if status.rollout_start_time and rolling_from:
             took = (now - (parse_time(status.rollout_start_time) or now)).total_seconds()
@@ -369,14 +505,19 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     status.gpus = gpus
     status.replaced += replaced
     status.url = rendering.url(meta, spec)
+    # One pod per replica, for an HPA counting them: the one that serves.
     status.selector = ",".join(
-        f"{k}={v}" for k, v in rendering.selector_labels(meta["name"]).items()
+        f"{key}={value}"
+        for key, value in {
+            **rendering.selector_labels(meta["name"]),
+            **({labels.STAGE: "0"} if spec.pipeline else {}),
+        }.items()
     )
     status.observed_generation = meta.get("generation")
     before = {x.pod: x.state for x in status.replica_status}
     states = {
-        _name(p): "Draining" if _name(p) in drained_names else _state(p, before.get(_name(p), ""))
-        for p in [*r.serving, *r.draining]
+        x.name: "Draining" if x.name in drained_names else _state(x, before.get(x.name, ""))
+        for x in [*r.serving, *r.draining]
     }
     for name, state in states.items():
         if state == "NotReady" and before.get(name) == "Ready":
@@ -390,10 +531,14 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             )
     status.replica_status = [
         ReplicaStatus(
-            pod=_name(p), node=podstate.node_name(p), revision=_revision(p), state=states[_name(p)]
+            pod=x.name,
+            node=x.node,
+            revision=x.revision,
+            state=states[x.name],
+            stage_nodes=x.stage_nodes,
         )
-        for p in [*r.serving, *r.draining]
-        if _name(p) not in deleted
+        for x in [*r.serving, *r.draining]
+        if not {_name(p) for p in x.pods} <= deleted
     ] + [ReplicaStatus(pod=n, revision=rev, state="Starting") for n in starting]
 
     if not reason:
@@ -420,6 +565,8 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             )
         elif len(new_now) + len(starting) < want:
             reason, message = "ScalingUp", f"{ready_count} of {want} replicas Ready"
+            if verdict is not None:  # some were placed, the rest wait
+                message += f"; the rest wait: {verdict.message}"
         elif serving_count > want or r.draining or drained:
             reason, message = "ScalingDown", f"{len(r.draining) + len(drained)} replicas draining"
         elif ready_count < want:
@@ -428,7 +575,7 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             reason, message = "Available", f"{ready_count} replicas Ready, revision {rev}"
     status.reason, status.message = reason, message
     progressing = not done or bool(r.draining or drained) or serving_count > want
-    if reason in ("CreateRefused", "PodPolicyViolation"):  # no Service, or no replica, ever
+    if reason in ("CreateRefused", "PodPolicyViolation", "InvalidPipeline"):  # none, ever
         phase = ServingPhase.DEGRADED
     elif want and ready_count == 0 and status.phase in (None, ServingPhase.PENDING):
         phase = ServingPhase.PENDING
@@ -454,7 +601,7 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     degraded = (
         ready_count < min_ready
         or bool(replaced)
-        or reason in ("PodPolicyViolation", "CreateRefused")
+        or reason in ("PodPolicyViolation", "CreateRefused", "InvalidPipeline")
     )
     conds = set_condition(
         conds,
@@ -503,6 +650,28 @@ def _autoscale(
     up = d.desired > current
     events.append(Event("Normal", "ScaledUp" if up else "ScaledDown", d.message))
     return d.desired, "up" if up else "down"
+
+
+def _replica_of(pod: str, stages: int) -> tuple[str, int | None]:
+    """A pod name's replica, and its stage (None: a replica of one pod)."""
+    if stages == 1:
+        return pod, None
+    replica, _, stage = pod.rpartition("-s")
+    return replica, int(stage)
+
+
+def _pod_of(replica: str, stage: int, stages: int) -> str:
+    return rendering.stage_pod_name(replica, stage) if stages > 1 else replica
+
+
+def _zones_used(world: World, settings: Settings, serving: list[Replica]) -> dict[str, int]:
+    """The job's serving replicas per zone (of the node its stage 0 runs on)."""
+    zone_of = {n["metadata"]["name"]: settings.topology.zone_of(n) for n in world.nodes}
+    used: dict[str, int] = {}
+    for x in serving:
+        if zone := zone_of.get(x.node, ""):
+            used[zone] = used.get(zone, 0) + 1
+    return used
 
 
 def _last_batch(pods: list[Obj]) -> int:

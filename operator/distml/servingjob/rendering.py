@@ -29,18 +29,43 @@ SERVER_DRAIN_SECONDS = 1.0
 
 
 def revision(spec: ServingJobSpec) -> str:
-    """What shapes the pods, hashed: the template, GPUs, model, batching and port."""
+    """What shapes the pods, hashed: the template, GPUs, model, batching, port and pipeline (the
+    last two fields of the model and the pipeline only when set, so that jobs from before them
+    keep their revision)."""
     shaped = spec.model_dump(
         by_alias=True,
         mode="json",
-        include={"template", "gpus_per_replica", "model", "batching", "port"},
+        include={"template", "gpus_per_replica", "model", "batching", "port", "pipeline"},
     )
+    if shaped["model"]["widths"] == list(serving.DEFAULT_WIDTHS):
+        del shaped["model"]["widths"]
+    if shaped["pipeline"] is None:
+        del shaped["pipeline"]
     digest = hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()
     return digest[:10]
 
 
 def pod_name(job: str, rev: str, index: int) -> str:
+    """A replica's name: its pod's, or, split into a pipeline, the prefix of its stage pods'."""
     return f"{job}-{rev}-{index}"
+
+
+def stage_pod_name(replica: str, stage: int) -> str:
+    return f"{replica}-s{stage}"
+
+
+def stage_service_name(job: str) -> str:
+    """The headless Service that names a pipeline's stage pods, for their rendezvous."""
+    return f"{job}-stages"
+
+
+def stages(spec: ServingJobSpec) -> int:
+    """Pods per replica."""
+    return spec.pipeline.stages if spec.pipeline else 1
+
+
+def gpus_per_pod(spec: ServingJobSpec) -> int:
+    return spec.gpus_per_replica // stages(spec)
 
 
 def url(meta: Obj, spec: ServingJobSpec) -> str:
@@ -94,13 +119,16 @@ def server_env(meta: Obj, spec: ServingJobSpec, checkpoint_dir: str) -> list[Obj
         "DISTML_DRAIN_SECONDS": f"{SERVER_DRAIN_SECONDS:g}",
         "DISTML_JOB_NAME": meta["name"],
         "DISTML_METRICS_PORT": str(labels.METRICS_PORT),
+        "DISTML_MODEL_WIDTHS": ",".join(str(w) for w in spec.model.widths),
     }
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def template(spec: ServingJobSpec, image: str) -> Obj:
+def template(spec: ServingJobSpec, image: str, stage: int = 0) -> Obj:
     """The pod template as the replicas get it (before the per-pod parts): the user's, or the
-    runtime image running the server; the first container gets the server's contract."""
+    runtime image running the server; the first container gets the server's contract. A stage
+    after the first serves no HTTP: it has no probes (its stage 0 is Ready only once a warm-up
+    went through it, and exits when it is lost)."""
     tpl = copy.deepcopy(spec.template) if spec.template.get("spec") else {"spec": {}}
     pod_spec = tpl.setdefault("spec", {})
     containers = pod_spec.setdefault("containers", [])
@@ -118,16 +146,19 @@ def template(spec: ServingJobSpec, image: str) -> Obj:
     server.setdefault("startupProbe", _probe("/v2/health/live", spec.port, 1, 600))
     server.setdefault("readinessProbe", _probe("/v2/health/ready", spec.port, 1, 2))
     server.setdefault("livenessProbe", _probe("/v2/health/live", spec.port, 5, 3))
+    if stage:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            server.pop(probe, None)
     _, volume = _model_source(spec)
     if volume is not None:
         pod_spec.setdefault("volumes", []).append(volume)
         server.setdefault("volumeMounts", []).append(
             {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT, "readOnly": True}
         )
-    if spec.gpus_per_replica:
+    if gpus := gpus_per_pod(spec):
         resources = server.setdefault("resources", {})
         for kind in ("limits", "requests"):
-            resources.setdefault(kind, {})[labels.GPU] = str(spec.gpus_per_replica)
+            resources.setdefault(kind, {})[labels.GPU] = str(gpus)
         tolerations = pod_spec.setdefault("tolerations", [])
         if rendering.GPU_TOLERATION not in tolerations:
             tolerations.append(dict(rendering.GPU_TOLERATION))
@@ -143,14 +174,22 @@ def render_pod(
     slot: int,
     node: str = "",
     image: str = serving.RUNTIME_IMAGE,
+    stage: int | None = None,
+    ranges: str = "",
 ) -> Obj:
     """One replica of revision `rev`, created in admission `batch` as its `slot`-th pod;
-    `node`: where the admission placed it."""
-    tpl = template(spec, image)
+    `node`: where the admission placed it. Split into a pipeline, `name` is the replica's and
+    the pod is its `stage`, holding the layers `ranges` gives it ("0:2,2:5": every stage's)."""
+    replica = name
+    if stage is not None:
+        name = stage_pod_name(replica, stage)
+    tpl = template(spec, image, stage or 0)
     tmeta = tpl.get("metadata") or {}
     pod_spec: Obj = tpl["spec"]
     folder, _ = _model_source(spec)
     env = [*server_env(meta, spec, folder), rendering.NODE_NAME_ENV]
+    if spec.pipeline and stage is not None:
+        env += _stage_env(meta, spec.pipeline, replica, stage, ranges)
     for container in pod_spec["containers"]:
         container["env"] = [*env, *(container.get("env") or [])]
     # A replica that dies is replaced by the operator (a new pod, another node if need be),
@@ -162,14 +201,22 @@ def render_pod(
         rendering.pin_to_node(pod_spec, node)
     pod_labels = {
         **(tmeta.get("labels") or {}),
-        **service_selector(meta["name"]),
+        # Stage 0 serves, and is the replica in the Service; the later stages only compute.
+        **(service_selector(meta["name"]) if not stage else selector_labels(meta["name"])),
         labels.REVISION: rev,
         labels.RANK: str(slot),  # with GENERATION, how the ledger tells its reservation seen
         labels.GENERATION: str(batch),
-        labels.REPLICA_TYPE: "server",
+        labels.REPLICA_TYPE: "server" if not stage else "stage",
         labels.MANAGED_BY: labels.OPERATOR,
         labels.OWNER_UID: meta["uid"],
     }
+    if stage is not None:
+        pod_labels[labels.REPLICA] = replica
+        pod_labels[labels.STAGE] = str(stage)
+        pod_labels[labels.STAGES] = str(stages(spec))
+        # Named through the stages' headless Service: stage 0's name is the rendezvous address.
+        pod_spec["hostname"] = name
+        pod_spec["subdomain"] = stage_service_name(meta["name"])
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -181,6 +228,45 @@ def render_pod(
             "ownerReferences": [rendering.owner_reference(meta, serving.KIND)],
         },
         "spec": pod_spec,
+    }
+
+
+def _stage_env(meta: Obj, pipeline: serving.Pipeline, replica: str, stage: int,
+               ranges: str) -> list[Obj]:  # fmt: skip
+    """Stage k listens on port + k for what stage k - 1 sends it (stage 0: for the last stage's
+    outputs) and sends to the next stage by its name through the stages' Service."""
+    k = pipeline.stages
+    after = (stage + 1) % k
+    names = f"{stage_service_name(meta['name'])}.{meta['namespace']}.svc.cluster.local"
+    env = {
+        "DISTML_STAGE": str(stage),
+        "DISTML_STAGES": str(k),
+        "DISTML_STAGE_RANGES": ranges,
+        "DISTML_STAGE_LISTEN": str(pipeline.port + stage),
+        "DISTML_STAGE_NEXT": f"{stage_pod_name(replica, after)}.{names}:{pipeline.port + after}",
+        "DISTML_MICROBATCHES": str(pipeline.microbatches),
+        "DISTML_PEER_TIMEOUT_SECONDS": f"{pipeline.peer_timeout_seconds:g}",
+    }
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def render_stage_service(meta: Obj, spec: ServingJobSpec) -> Obj:
+    """Names every stage pod (hostname.JOB-stages...), ready or not: stage 0's name is where
+    the later stages of its replica meet it."""
+    assert spec.pipeline is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": rendering.owned_metadata(meta, stage_service_name(meta["name"]), serving.KIND),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(meta["name"]),
+            "ports": [
+                {"name": f"stage-{k}", "port": spec.pipeline.port + k, "protocol": "TCP"}
+                for k in range(spec.pipeline.stages)
+            ],
+        },
     }
 
 
