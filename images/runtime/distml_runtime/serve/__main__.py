@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import sys
 
 import torch
 from prometheus_client import start_http_server
 
 from distml_runtime import serve
-from distml_runtime.serve.server import Config
+from distml_runtime.serve import stages
+from distml_runtime.serve.server import Config, load_layers
 
 
 def _env(name: str, default: object) -> str:
@@ -46,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
     ap.add_argument("--demo-hidden", type=int, default=d.demo_hidden,
                     help="width of the built-in model's hidden layers")  # fmt: skip
+    ap.add_argument("--widths", default=_env("DISTML_MODEL_WIDTHS", ""),
+                    help="hidden layers, e.g. 128,128 (empty: 2 x --demo-hidden)")  # fmt: skip
+    ap.add_argument("--paced-layer-ms", type=float,
+                    default=float(_env("DISTML_PACED_LAYER_MS", 0)),
+                    help="benchmarks: each layer also waits this long per forward pass, as a "
+                    "host thread waits on a GPU")  # fmt: skip
     ap.add_argument("--stuck-seconds", type=float, default=d.stuck_seconds,
                     help="a forward pass longer than this makes the server not ready")  # fmt: skip
     return ap
@@ -65,11 +74,38 @@ def main(argv: list[str] | None = None) -> int:
         max_request_bytes=args.max_request_bytes,
         stuck_seconds=args.stuck_seconds,
         demo_hidden=args.demo_hidden,
+        widths=tuple(int(w) for w in args.widths.split(",") if w.strip()),
+        stage=stages.StageConfig.from_env(),
+        paced_layer_seconds=args.paced_layer_ms / 1e3,
     )
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if config.stage is not None and config.stage.stage > 0:
+        return asyncio.run(_later_stage(config))  # no HTTP: it only computes
     if args.metrics_port:
         start_http_server(args.metrics_port)
     return asyncio.run(serve.server.serve(config, args.host, args.port))
+
+
+async def _later_stage(config: Config) -> int:
+    """A stage after the first: its layers, then frames in, frames on, until its neighbours go
+    (or SIGTERM, when its replica is stopped)."""
+    assert config.stage is not None
+    layers, source = await load_layers(config)
+    print(json.dumps({"event": "stage-loaded", "stage": config.stage.stage,
+                      "layers": config.stage.layers, "model": source}), flush=True)  # fmt: skip
+    work = asyncio.ensure_future(
+        stages.run_stage(config.stage, stages.stage_module(layers, config.stage))
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if work.done():
+        return work.result()
+    work.cancel()
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,21 +26,35 @@ class _Request:
 
 
 class Batcher:
+    """`forward` runs a batch on the model thread; or, with `pipelined`, a coroutine that sends
+    it into a pipeline of stages: then up to `in_flight` batches are in the stages at once, so
+    that each stage works on a different one."""
+
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
         max_batch_size: int,
         max_queue_delay: float,
+        pipelined: Callable[[torch.Tensor], Awaitable[torch.Tensor]] | None = None,
+        in_flight: int = 1,
     ) -> None:
         self.forward, self.max_batch_size, self.max_queue_delay = (
             forward,
             max_batch_size,
             max_queue_delay,
         )
+        self.pipelined = pipelined
         self.queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._held: _Request | None = None  # taken, but for the next batch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.busy_since: float | None = None  # when the running forward pass began
+        self._slots = asyncio.Semaphore(in_flight)
+        self._running: dict[int, float] = {}  # batch -> when its forward pass began
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def busy_since(self) -> float | None:
+        """When the oldest forward pass still running began."""
+        return min(self._running.values(), default=None)
 
     async def infer(self, rows: torch.Tensor) -> torch.Tensor:
         request = _Request(rows)
@@ -88,26 +102,38 @@ class Batcher:
             return None
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        count = 0
         while True:
             batch = [r for r in await self._take() if not r.done.cancelled()]
             if not batch:
                 continue
-            x = torch.cat([r.rows for r in batch])
-            self.busy_since = t0 = time.monotonic()
-            try:
+            await self._slots.acquire()
+            count += 1
+            task = asyncio.get_running_loop().create_task(self._run(count, batch))
+            self._tasks.add(task)  # held: the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, number: int, batch: list[_Request]) -> None:
+        x = torch.cat([r.rows for r in batch])
+        self._running[number] = t0 = time.monotonic()
+        try:
+            if self.pipelined is not None:
+                out = await self.pipelined(x)
+            else:
+                loop = asyncio.get_running_loop()
                 out = await loop.run_in_executor(self._pool, self.forward, x)
-            except Exception as err:  # a bad batch fails its requests, not the server
-                for r in batch:
-                    if not r.done.done():
-                        r.done.set_exception(err)
-                continue
-            finally:
-                self.busy_since = None
-            telemetry.INFERENCE_SECONDS.observe(time.monotonic() - t0)
-            telemetry.BATCH_ROWS.observe(len(x))
-            start = 0
+        except Exception as err:  # a bad batch fails its requests, not the server
             for r in batch:
                 if not r.done.done():
-                    r.done.set_result(out[start : start + len(r.rows)])
-                start += len(r.rows)
+                    r.done.set_exception(err)
+            return
+        finally:
+            del self._running[number]
+            self._slots.release()
+        telemetry.INFERENCE_SECONDS.observe(time.monotonic() - t0)
+        telemetry.BATCH_ROWS.observe(len(x))
+        start = 0
+        for r in batch:
+            if not r.done.done():
+                r.done.set_result(out[start : start + len(r.rows)])
+            start += len(r.rows)

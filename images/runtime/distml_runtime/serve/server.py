@@ -32,8 +32,17 @@ from distml_runtime.pipeline.models import DIGITS_FEATURES
 from distml_runtime.serve import protocol, telemetry
 from distml_runtime.serve.batching import Batcher
 from distml_runtime.serve.protocol import ProtocolError, TensorSpec
+from distml_runtime.serve.stages import (
+    Head,
+    LostPeer,
+    StageConfig,
+    exit_lost,
+    model_layers,
+    stage_module,
+)
 
 CLASSES = 10
+LEAVE_SECONDS = 0.2  # a server whose pipeline broke: the longest it waits for answers in flight
 INPUT = TensorSpec("input", "FP32", (-1, DIGITS_FEATURES))
 OUTPUTS = [TensorSpec("logits", "FP32", (-1, CLASSES)), TensorSpec("label", "INT64", (-1,))]
 
@@ -49,6 +58,34 @@ class Config:
     max_request_bytes: int = 8 << 20
     stuck_seconds: float = 10.0
     demo_hidden: int = 128  # the built-in model's width (benchmarks make it costlier)
+    widths: tuple[int, ...] = ()  # the MLP's hidden layers; empty: two of demo_hidden
+    stage: StageConfig | None = None  # stage 0 of a pipeline-split replica
+    paced_layer_seconds: float = 0.0  # benchmarks: each layer also waits this long per pass
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return self.widths or (self.demo_hidden, self.demo_hidden)
+
+
+async def load_layers(
+    config: Config, waiting: Callable[[str], None] = print
+) -> tuple[list[nn.Module], str]:
+    """The served model's layers (the built-in one, seeded, or the newest checkpoint, waited
+    for), and where they came from."""
+    from distml_runtime.train import checkpoint
+
+    if not config.checkpoint_dir:
+        return (
+            model_layers(config.hidden, paced_seconds=config.paced_layer_seconds),
+            "the built-in demo model (untrained, seeded)",
+        )
+    folder = Path(config.checkpoint_dir)
+    while (latest := checkpoint.newest(folder)) is None:
+        waiting(f"waiting for a checkpoint in {folder}")
+        await asyncio.sleep(1.0)
+    waiting(f"loading {latest}")
+    state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.load, latest)
+    return model_layers(config.hidden, state["model"], config.paced_layer_seconds), str(latest)
 
 
 def _json(code: int, doc: dict[str, Any]) -> web.Response:
@@ -62,20 +99,42 @@ class Server:
         self.batcher: Batcher | None = None
         self._batching: asyncio.Task[None] | None = None
         self.source = ""
+        self.head: Head | None = None
+        self.answering = 0  # inference requests whose handler has not returned
+        self._leaving: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Loads the model (waiting for a checkpoint when there is none yet), warms it up with
         one real inference, and only then says ready."""
-        model = await self._model()
-        model.eval()
+
+        def waiting(why: str) -> None:
+            self.reason = why
+
+        layers, self.source = await load_layers(self.config, waiting)
+        model = nn.Sequential(*layers).eval()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return model(x)
 
-        self.batcher = Batcher(forward, self.config.max_batch_size, self.config.max_queue_delay)
+        c = self.config
+        if c.stage is None:
+            self.batcher = Batcher(forward, c.max_batch_size, c.max_queue_delay)
+        else:
+            self.state, self.reason = (
+                "linking",
+                f"waiting for its {c.stage.stages - 1} other stages",
+            )
+            self.head = Head(c.stage, stage_module(layers, c.stage), self.lost)
+            try:
+                await self.head.open()
+            except LostPeer as err:
+                self.lost(str(err))
+                return
+            self.batcher = Batcher(forward, c.max_batch_size, c.max_queue_delay,
+                                   self.head.forward, c.stage.stages)  # fmt: skip
         # Held: the event loop keeps only a weak reference to a task.
         self._batching = asyncio.get_running_loop().create_task(self.batcher.run())
         self.state, self.reason = "warming", "warming up"
@@ -91,25 +150,22 @@ class Server:
         telemetry.READY.set(1)
         print(json.dumps({"event": "ready", "model": self.source}), flush=True)
 
-    async def _model(self) -> nn.Module:
-        from distml_runtime.train import checkpoint
-        from distml_runtime.train.ddp import build_model
+    def lost(self, why: str) -> None:
+        """A stage of its pipeline is gone: not ready, and the process ends (its pod fails,
+        and the operator replaces every stage) once the requests in flight have had their
+        error."""
+        self.state, self.reason = "failed", f"a stage was lost: {why}"
+        telemetry.READY.set(0)
+        self._leaving = asyncio.get_running_loop().create_task(self._leave())
 
-        torch.manual_seed(0)
-        if not self.config.checkpoint_dir:
-            model = build_model(self.config.demo_hidden)
-            self.source = "the built-in demo model (untrained, seeded)"
-            return model
-        model = build_model()
-        folder = Path(self.config.checkpoint_dir)
-        while (latest := checkpoint.newest(folder)) is None:
-            self.reason = f"waiting for a checkpoint in {folder}"
-            await asyncio.sleep(1.0)
-        self.reason = f"loading {latest}"
-        state = await asyncio.get_running_loop().run_in_executor(None, checkpoint.load, latest)
-        model.load_state_dict(state["model"])
-        self.source = str(latest)
-        return model
+    async def _leave(self) -> None:
+        """Exits as soon as the requests in flight have their answers (at most LEAVE_SECONDS):
+        until its pod has failed, the Service still sends requests here to fail."""
+        deadline = time.monotonic() + LEAVE_SECONDS
+        while self.answering and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)  # their responses written
+        exit_lost()
 
     def drain(self) -> None:
         self.state, self.reason = "draining", "draining: shutting down"
@@ -209,6 +265,7 @@ class Server:
         t0 = time.perf_counter()
         if counted:
             telemetry.IN_FLIGHT.inc()
+            self.answering += 1
         try:
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -223,11 +280,12 @@ class Server:
         finally:
             if counted:
                 telemetry.IN_FLIGHT.dec()
+                self.answering -= 1
         if counted:
             telemetry.REQUESTS.labels(code=str(response.status)).inc()
             if response.status == 200:
                 telemetry.REQUEST_SECONDS.observe(time.perf_counter() - t0)
-        if self.state == "draining":
+        if self.state in ("draining", "failed"):
             # A kept-alive connection would go on bringing requests here, past the Service:
             # the client opens a new one for its next request, and the Service sends that to
             # a replica that stays.
