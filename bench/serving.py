@@ -18,12 +18,18 @@
    the time from the step to the second replica serving, p50/p99 before, during the step and
    once both serve; then the step's end: the time back to one replica, and requests failed
    through both changes (target 0).
+4. Pipeline-split replicas: the same model (--pipe-widths, 8 layers) served by one process,
+   and by replicas of 2 and 4 stage processes on this machine (the runtime's stage transport,
+   TCP on loopback), with 1 and with 4 micro-batches per batch; CLIENTS x 4 closed-loop
+   clients for --seconds each: requests/s, p50 and p99, and each against the single process.
+   This machine's cores are shared by every stage; on GPUs each stage has its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -115,17 +121,24 @@ def start_server(max_batch: int, hidden: int) -> tuple[subprocess.Popen[bytes], 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"127.0.0.1:{port}"
+    wait_ready(url, [proc], "the server")
+    return proc, url
+
+
+def wait_ready(url: str, procs: list[Any], what: str, timeout: float = 180) -> None:
+    """Until the server at `url` says it is ready; `procs` killed if it never does."""
     client = triton.InferenceServerClient(url)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if client.is_server_ready():
-                return proc, url
+                return
         except Exception:  # not listening yet
             pass
         time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("the server did not get ready")
+    for p in procs:
+        p.kill()
+    raise TimeoutError(f"{what} did not get ready")
 
 
 def bench_batching(args: argparse.Namespace) -> float:
@@ -154,6 +167,82 @@ def bench_batching(args: argparse.Namespace) -> float:
     say(f"  within p99 <= {BUDGET_MS:.0f} ms: batched {batched:.0f} req/s, unbatched "
         f"{unbatched:.0f} req/s: {ratio:.2f}x (target >= 3x)")  # fmt: skip
     return ratio
+
+
+# --- 4. pipeline-split replicas ------------------------------------------------------------------
+
+
+def start_replica(
+    widths: list[int], cuts: list[int], microbatches: int, paced_ms: float
+) -> tuple[list[Any], str]:
+    """A replica of len(cuts) + 1 stage processes (one process when there are no cuts)."""
+    bounds = [0, *cuts, len(widths) + 1]
+    k = len(bounds) - 1
+    ports = [free_port() for _ in range(k)]
+    http = free_port()
+    ranges = ",".join(f"{a}:{b}" for a, b in itertools.pairwise(bounds))
+    model = {"DISTML_MODEL_WIDTHS": ",".join(map(str, widths)),
+             "DISTML_PACED_LAYER_MS": str(paced_ms),
+             # The cores shared out: torch would give every process a thread per core, and
+             # four processes on two cores would spend their time preempting each other.
+             "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // k))}  # fmt: skip
+    procs = []
+    for stage in reversed(range(k)):  # the later stages first: stage 0 waits for them
+        env = {**os.environ, **model}
+        if k > 1:
+            env |= {"DISTML_STAGES": str(k), "DISTML_STAGE_RANGES": ranges,
+                    "DISTML_MICROBATCHES": str(microbatches), "DISTML_STAGE": str(stage),
+                    "DISTML_STAGE_LISTEN": str(ports[stage]),
+                    "DISTML_STAGE_NEXT": f"127.0.0.1:{ports[(stage + 1) % k]}"}  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distml_runtime.serve", "--host", "127.0.0.1", "--port",
+             str(http), "--metrics-port", "0", "--max-queue-delay-ms", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+    url = f"127.0.0.1:{http}"
+    wait_ready(url, procs, f"the {k}-stage replica")
+    return procs, url
+
+
+def bench_pipeline(args: argparse.Namespace) -> dict:
+    clients = 4 * args.clients
+    say(
+        f"4. pipeline-split replicas vs one pod of the same model: {clients} clients, "
+        f"{args.seconds:.0f}s each; {os.cpu_count()} cores here, shared by the stages"
+    )
+    regimes = [
+        (f"a. compute on the CPU cores, widths {args.pipe_widths}", args.pipe_widths, 0.0),
+        (f"b. {args.paced_layer_ms:g} ms per layer per pass, as on an accelerator per stage "
+         f"(--paced-layer-ms), widths 256 x 7", "256,256,256,256,256,256,256",
+         args.paced_layer_ms),
+    ]  # fmt: skip
+    figures: dict = {}
+    for title, text, paced in regimes:
+        widths = [int(w) for w in text.split(",")]
+        layers = len(widths) + 1
+        say(f"  {title} ({layers} layers)")
+        say(f"    {'replica':<26} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs 1 pod':>9}")
+        cases: list[tuple[str, list[int], int]] = [("1 pod", [], 1)]
+        for k in (2, 4):
+            cuts = [layers * s // k for s in range(1, k)]
+            cases += [(f"{k} stages, 1 micro-batch", cuts, 1),
+                      (f"{k} stages, 4 micro-batches", cuts, 4)]  # fmt: skip
+        base = 0.0
+        for label, cuts, micro in cases:
+            procs, url = start_replica(widths, cuts, micro, paced)
+            try:
+                asyncio.run(closed_loop(url, clients, 1.0))  # warm up
+                s = summary(asyncio.run(closed_loop(url, clients, args.seconds)), args.seconds)
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.wait(timeout=30)
+            base = base or s["rps"]
+            figures[f"{title[:2]} {label}"] = s
+            failed = f"  {s['failed']} failed" if s["failed"] else ""
+            say(f"    {label:<26} {s['rps']:>8.0f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} "
+                f"{s['rps'] / base:>8.2f}x{failed}")  # fmt: skip
+    return figures
 
 
 # --- 2. rollout ----------------------------------------------------------------------------------
@@ -370,8 +459,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("what", nargs="?", choices=["all", "batching", "rollout", "autoscale"],
+    ap.add_argument("what", nargs="?",
+                    choices=["all", "batching", "rollout", "autoscale", "pipeline"],
                     default="all")  # fmt: skip
+    ap.add_argument("--pipe-widths", default="1024,1024,1024,1024,1024,1024,1024")
+    ap.add_argument("--paced-layer-ms", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
     ap.add_argument("--hidden", type=int, default=4096, help="the built-in model's width")
     ap.add_argument("--clients", type=int, default=4)
@@ -383,6 +475,8 @@ def main() -> int:
     figures: dict = {}
     if args.what in ("all", "batching"):
         figures["batching_ratio"] = bench_batching(args)
+    if args.what in ("all", "pipeline"):
+        figures["pipeline"] = bench_pipeline(args)
     if args.what == "rollout" and args.name:
         figures["rollout"] = rollout(args.namespace or "default", args.name, args.clients,
                                      args.kubeconfig)  # fmt: skip

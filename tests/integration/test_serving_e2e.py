@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -220,35 +221,45 @@ def test_a_killed_replica_is_replaced_while_the_other_serves(
     jobs.create_serving(custom, namespace, serving_job("digits"))
     st = wait_settled(custom, namespace, "digits")
     victim = st["replicaStatus"][0]["pod"]
-    with Load(cluster_url(core, namespace, "digits"), digits(8)) as load:
-        time.sleep(3)
-        t_kill = time.monotonic()
-        os.killpg(_server_pid(cluster, namespace, victim), signal.SIGKILL)
-        back = wait_for(
-            "a replacement Ready",
-            lambda: (s := status(custom, namespace, "digits")).get("replaced") == 1
-            and settled(s) and s,
-            timeout=240,
-        )  # fmt: skip
-        t_back = time.monotonic()
-        time.sleep(3)
-    assert victim not in {r["pod"] for r in back["replicaStatus"]}
-    failed = [r for r in load.results if r[2]]
-    after = load.window(t_back, float("inf"))
-    print(f"\nkilled {victim}: {len(failed)} of {len(load.results)} requests failed "
-          f"({sorted({f[2][:80] for f in failed})}); replaced and Ready after "
-          f"{t_back - t_kill:.0f}s; after: {latency(after)}")  # fmt: skip
     # What was on its way to the killed server fails: requests in flight, and new connections
     # until its endpoint is gone from every kube-proxy (its pod is Failed at once; the
     # EndpointSlice and kube-proxy follow within a second or two). Then the other replica
     # takes everything, and the replacement joins it.
+    back = kill_mid_load(cluster, core, custom, namespace, "digits", victim, settled)
+    assert victim not in {r["pod"] for r in back["replicaStatus"]}
+    events = jobs.reasons_once(core, namespace, "digits", "ReplicaFailed", kind=KIND)
+    assert "ReplicaFailed" in events
+
+
+def kill_mid_load(
+    cluster, core, custom, ns: str, job: str, pod: str, whole: Callable[[dict], bool]
+) -> dict:
+    """SIGKILLs `pod`'s server under load until the job is `whole` again with one replica
+    replaced; prints what failed and when it was back, asserts that failures came only around
+    the kill, were a small part, and none once it was back; returns the status then."""
+    with Load(cluster_url(core, ns, job), digits(8)) as load:
+        time.sleep(3)
+        t_kill = time.monotonic()
+        os.killpg(_server_pid(cluster, ns, pod), signal.SIGKILL)
+        back = wait_for(
+            "a replacement Ready",
+            lambda: (s := status(custom, ns, job)).get("replaced") == 1 and whole(s) and s,
+            timeout=240,
+        )  # fmt: skip
+        t_back = time.monotonic()
+        time.sleep(3)
+    failed = [r for r in load.results if r[2]]
+    after = load.window(t_back, float("inf"))
+    span = (max(r[0] for r in failed) - t_kill) if failed else 0.0
+    print(f"\nkilled {pod}: {len(failed)} of {len(load.results)} requests failed, the last "
+          f"{span:.2f}s after the kill ({sorted({f[2][:80] for f in failed})}); replaced and "
+          f"Ready after {t_back - t_kill:.0f}s; after: {latency(after)}")  # fmt: skip
     late = [(round(r[0] - t_kill, 2), r[2][:60]) for r in failed
             if not t_kill - 1 <= r[0] < t_kill + 10]  # fmt: skip
     assert not late, late[:5]
     assert len(failed) < len(load.results) / 4
     assert after and not any(r[2] for r in after)
-    events = jobs.reasons_once(core, namespace, "digits", "ReplicaFailed", kind=KIND)
-    assert "ReplicaFailed" in events
+    return back
 
 
 def test_a_load_step_scales_it_up_and_the_end_of_it_down_failing_no_request(
@@ -300,3 +311,72 @@ def test_a_load_step_scales_it_up_and_the_end_of_it_down_failing_no_request(
     assert len(up) == 1 and "InFlightRequests" in up[0] and "1 -> 2 replicas" in up[0], up
     assert len(down) == 1 and "2 -> 1 replicas" in down[0], down
     assert st["autoscaling"]["metric"] == "InFlightRequests" and st["autoscaling"]["target"] == 1.5
+
+
+WIDTHS = [96, 160, 48]  # 4 layers
+
+
+def pipeline_job(name: str, replicas: int, gpus: int) -> dict:
+    """`replicas` replicas of 2 stage pods of gpus / 2 GPUs each."""
+    pipeline = {"stages": 2, "microbatches": 2, "peerTimeoutSeconds": 3}
+    body = serving_job(name, model={"widths": WIDTHS}, pipeline=pipeline)
+    body["spec"].update(replicas=replicas, gpusPerReplica=gpus)
+    return body
+
+
+def whole(st: dict, n: int) -> bool:
+    """Every one of `n` replicas Ready, each with both its stages placed."""
+    reps = st.get("replicaStatus", [])
+    return (
+        st.get("readyReplicas") == n
+        and len(reps) == n
+        and all(r["state"] == "Ready" and len(r.get("stageNodes") or []) == 2 for r in reps)
+    )
+
+
+def serving_whole(custom, ns: str, name: str, n: int, timeout: float = 240) -> dict:
+    try:
+        return wait_for(f"{name}: {n} whole replicas Ready",
+                        lambda: whole(s := status(custom, ns, name), n) and s, timeout)  # fmt: skip
+    except AssertionError as err:
+        raise AssertionError(f"{err}; its status: {status(custom, ns, name)}") from None
+
+
+def test_a_two_stage_replica_answers_what_the_whole_model_does_in_one_process(
+    process_nodes, core, custom, namespace
+):
+    # 2 GPUs a stage: each stage pod takes a whole node, and activations cross the network.
+    jobs.create_serving(custom, namespace, pipeline_job("split", 1, 2 * GPUS_PER_NODE))
+    st = serving_whole(custom, namespace, "split", 1)
+    assert st["pipeline"]["text"] == "0-1 | 2-3" and st["pipeline"]["split"] == "Balanced"
+    nodes = st["replicaStatus"][0]["stageNodes"]
+    assert len(set(nodes)) == 2, nodes
+    rows = digits(24)
+    client = triton.InferenceServerClient(cluster_url(core, namespace, "split"))
+    assert client.is_model_ready("digits")
+    inp = triton.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    got = client.infer("digits", [inp]).as_numpy("logits")
+    from distml_runtime.serve.stages import model_layers
+
+    whole = torch.nn.Sequential(*model_layers(WIDTHS)).eval()
+    with torch.inference_mode():
+        expected = whole(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_stage_replaces_its_whole_replica_while_the_other_serves(
+    process_nodes, cluster, core, custom, namespace
+):
+    # 1 GPU a stage: each replica's stages share a node (a node is a block of its own here).
+    jobs.create_serving(custom, namespace, pipeline_job("split", 2, 2))
+    st = serving_whole(custom, namespace, "split", 2)
+    victim = st["replicaStatus"][0]["pod"]
+    # Only what was on its way to the broken replica fails: its stage 0 fails its requests in
+    # flight and exits as soon as they are answered; its pod is Failed and leaves the endpoints.
+    back = kill_mid_load(cluster, core, custom, namespace, "split", f"{victim}-s1",
+                         lambda s: whole(s, 2))  # fmt: skip
+    assert victim not in {r["pod"] for r in back["replicaStatus"]}
+    events = [e.message for e in jobs.events(core, namespace, "split", KIND)
+              if e.reason == "ReplicaFailed"]  # fmt: skip
+    assert events and "(all its stages)" in events[0], events
