@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ class Group:
         self.peer_timeout = peer_timeout
         self.procs: dict[int, subprocess.Popen] = {}
         self.alive: set[int] = set()  # launchers that must not exit with an error
+        self.metrics: dict[int, int] = {}  # launcher -> its /metrics port
 
     def start(self, i: int) -> None:
         env = {
@@ -55,6 +57,7 @@ class Group:
             "OMP_NUM_THREADS": "1",
             "DISTML_PEER_TIMEOUT_SECONDS": str(self.peer_timeout),
             "DISTML_TERMINATION_LOG": str(self.tmp / f"termination-{i}"),
+            "DISTML_METRICS_PORT": str(self.metrics.setdefault(i, _free_port())),
         }
         argv = [
             sys.executable, "-m", "distml_runtime.launch", "--",
@@ -66,6 +69,16 @@ class Group:
             self.procs[i] = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def gauge(self, i: int, name: str) -> float | None:
+        """A series of launcher i's /metrics (None: not there, or nothing listening)."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics[i]}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            return None
+        found = [li.split()[-1] for li in text.splitlines() if li.startswith(name + "{")]
+        return float(found[0]) if found else None
 
     def log(self, i: int) -> str:
         return (self.tmp / f"agent-{i}.log").read_text(errors="replace")
@@ -136,6 +149,8 @@ def test_group_shrinks_without_a_killed_agent_and_grows_back_with_no_restart(tmp
     g = Group(tmp_path, steps=700)
     try:
         _start_three(g)
+        # Each launcher says what group it is in: the operator reads this.
+        assert [g.gauge(i, "distml_launch_group_size") for i in range(3)] == [3.0] * 3
         worker = g.worker(2)
         killed_at = time.time()
         os.kill(g.procs[2].pid, signal.SIGKILL)  # the pod of slot 2, all of it
@@ -151,6 +166,9 @@ def test_group_shrinks_without_a_killed_agent_and_grows_back_with_no_restart(tmp
             assert g.procs[i].poll() is None
             assert "membership change 1; not a restart" in g.log(i)
             assert "lost peer 127.0.0.1" in (tmp_path / f"termination-{i}").read_text()
+            assert g.gauge(i, "distml_launch_group_size") == 2.0
+            assert g.gauge(i, "distml_launch_membership_changes") == 1.0
+            assert g.gauge(i, "distml_launch_worker_restarts") == 0.0
 
         g.start(3)
         g.alive.add(3)

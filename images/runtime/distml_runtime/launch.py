@@ -5,7 +5,11 @@
 torchrun reads its settings from the PET_* variables the operator sets (PET_NNODES,
 PET_NPROC_PER_NODE, PET_NODE_RANK, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT, PET_RDZV_ID,
 PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torchrun it
-- serves /metrics for every worker (prometheus_client's multiprocess mode) on DISTML_METRICS_PORT;
+- serves /metrics for every worker (prometheus_client's multiprocess mode) on DISTML_METRICS_PORT,
+  and its own view of the group: distml_launch_group_size (the pods in its latest rendezvous
+  round; the operator reads it to see a shrink when the ranks make it, not when a node is
+  declared lost), distml_launch_worker_restarts (restarts of its workers it spent from
+  torchrun's max restarts) and distml_launch_membership_changes;
 - passes SIGTERM on to the workers so they can checkpoint (torchrun's agent does the forwarding);
 - turns on Python's faulthandler in the workers, so one that dies of SIGABRT, SIGSEGV or the like
   (a C++ library aborting, say) logs every thread's Python stack, and the log says where;
@@ -84,6 +88,17 @@ def elastic_agent() -> type[Any]:
 
     class Agent(LocalElasticAgent):
         membership_changes = 0
+        gauges: GroupGauges | None = None
+
+        def _rendezvous(self, worker_group: Any) -> None:
+            super()._rendezvous(worker_group)
+            if self.gauges is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                self.gauges = GroupGauges()
+            if self.gauges is not None:
+                first_max = worker_group.spec.max_restarts - self.membership_changes
+                self.gauges.set(worker_group.group_world_size,
+                                first_max - self._remaining_restarts,
+                                self.membership_changes)  # fmt: skip
 
         def _monitor_workers(self, worker_group: Any) -> Any:
             result = super()._monitor_workers(worker_group)
@@ -115,6 +130,37 @@ def elastic_agent() -> type[Any]:
             return result
 
     return Agent
+
+
+class GroupGauges:
+    """The launcher's own series, beside its workers' (multiprocess mode: one file per process),
+    labelled with the pod they are about (job, rank, restart generation from the operator's
+    env): pods that share an address, as on process nodes, cannot be taken for each other."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Gauge
+
+        pod = {
+            "trainingjob": os.environ.get("DISTML_JOB_NAME", "local"),
+            "rank": os.environ.get("PET_NODE_RANK", "0"),
+            "generation": os.environ.get("DISTML_RESTART_GENERATION", "0"),
+        }
+
+        def gauge(name: str, text: str) -> Any:
+            return Gauge(name, text, list(pod), multiprocess_mode="livemax").labels(**pod)
+
+        self.size = gauge("distml_launch_group_size", "Pods in this pod's latest rendezvous round")
+        self.restarts = gauge(
+            "distml_launch_worker_restarts", "Worker restarts spent from torchrun's max restarts"
+        )
+        self.changes = gauge(
+            "distml_launch_membership_changes", "Rounds met again because a peer left or was lost"
+        )
+
+    def set(self, size: int, restarts: int, changes: int) -> None:
+        self.size.set(size)
+        self.restarts.set(restarts)
+        self.changes.set(changes)
 
 
 def order_node_ranks(node_rank: int) -> None:
