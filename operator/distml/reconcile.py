@@ -37,6 +37,15 @@ class LoadSample:
     reporting: int  # replicas whose metrics were read
 
 
+@dataclass(frozen=True)
+class MemberReading:
+    """What a training pod's launcher last said of its group (distml_launch_* on /metrics)."""
+
+    time: dt.datetime  # the read pass it came from
+    group_size: int  # pods in its latest rendezvous round
+    worker_restarts: int  # worker restarts it spent from torchrun's max restarts
+
+
 @dataclass
 class World:
     """What the handler gathered for one reconcile."""
@@ -56,6 +65,10 @@ class World:
     disruption: disruption.Disruption | None = None
     # An autoscaled ServingJob's recent load readings, oldest first (the operator keeps them).
     load: tuple[LoadSample, ...] = ()
+    # An elastic TrainingJob's pods' latest readings by pod name, and when the last pass read
+    # them (a pod not answering in that pass keeps its older reading).
+    members: dict[str, MemberReading] = field(default_factory=dict)
+    members_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

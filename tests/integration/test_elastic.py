@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from distml.localcluster import faults
+from distml.podstate import parse_time
 
 from . import jobs
 from .helpers import wait_for
@@ -78,16 +79,31 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
             every=1,
         )
         assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
-        # The operator follows once the node counts as lost: no restart, no spare node.
+        # The operator hears it from the ranks (their launchers' group size), while the node
+        # controller still calls the node Ready.
+        wait_for(
+            "the shrink in status",
+            lambda: (3, 2, "LeftGroup") in history(custom, namespace, "el"),
+            timeout=60,
+        )
+        (left,) = [r for r in jobs.status(custom, namespace, "el")["resizeHistory"]
+                   if r["reason"] == "LeftGroup"]  # fmt: skip
+        recorded = parse_time(left["time"]).timestamp() - cut_at  # the operator's own clock
+        ready = next(c for c in core.read_node(node).status.conditions if c.type == "Ready")
+        if ready.status != "True":  # the node controller has spoken since: it was not first
+            assert parse_time(left["time"]) <= ready.last_transition_time, (left, ready)
+        assert "without el-worker-2-0" in left["message"]
+        # Once the node counts as lost its pod goes: no restart, no spare node.
         st = jobs.wait_reporting(
             custom, namespace, "el", "the job to wait for capacity",
             lambda: (s := jobs.status(custom, namespace, "el")).get("reason")
             == "WaitingForCapacity" and s,
             timeout=150,
         )  # fmt: skip
-        noticed = time.time() - cut_at
+        waiting = next(c for c in st["conditions"] if c["type"] == "WaitingForCapacity")
+        noticed = parse_time(waiting["lastTransitionTime"]).timestamp() - cut_at
         assert st["phase"] == "Running" and st["restarts"] == 0 and st["restartGeneration"] == 0
-        assert (3, 2, "NodeLost") in history(custom, namespace, "el")
+        assert [h[2] for h in history(custom, namespace, "el")] == ["LeftGroup"]  # one shrink
         assert "waiting for capacity for 1 x 2 nvidia.com/gpu" in st["message"]
         jobs.reasons_once(core, namespace, "el", "Shrunk")
     finally:
@@ -111,7 +127,8 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     with capsys.disabled():
         print(
             f"\n[elastic] node cut off: training at 2 after {shrunk['time'] - cut_at:.1f}s, "
-            f"the operator's shrink after {noticed:.1f}s; node back: training at 3 after "
+            f"in status (LeftGroup) after {recorded:.0f}s, the node lost (WaitingForCapacity) "
+            f"after {noticed:.0f}s; node back: training at 3 after "
             f"{grown['time'] - back_at:.1f}s"
         )
 
@@ -145,6 +162,13 @@ def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in
     )  # fmt: skip
     st = jobs.status(custom, namespace, "el")
     assert st["restarts"] == 0 and st["phase"] == "Running"
+    # That restart inside the pod is in status, read from its launcher.
+    wait_for(
+        "the in-pod restart in status",
+        lambda: jobs.status(custom, namespace, "el").get("workerRestarts") == 1,
+        timeout=30,
+    )
+    jobs.reasons_once(core, namespace, "el", "WorkersRestarted")
 
     def scale(n: int) -> None:
         custom.patch_namespaced_custom_object_scale(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from distml import labels
+from distml.reconcile import MemberReading
 from distml.trainingjob import Settings, World
 from distml.trainingjob.observe import observe
 from distml.trainingjob.planner import POLICIES
@@ -31,6 +32,10 @@ class Case:
     now: float = 0.0
     refused: list[str] = field(default_factory=list)
     expect: dict[str, Any] | None = None
+    # What the pods' launchers said of their group: pod -> (seconds, group size, restarts),
+    # and when the last read pass was (seconds).
+    members: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+    read_at: float | None = None
 
 
 def decide(policy: str, case: Case):
@@ -41,6 +46,8 @@ def decide(policy: str, case: Case):
         cluster_pods=case.pods,
         now=at(case.now),
         refused=case.refused,
+        members={n: MemberReading(at(t), g, r) for n, (t, g, r) in case.members.items()},
+        members_at=None if case.read_at is None else at(case.read_at),
     )
     return dict(POLICIES)[policy](observe(world, SETTINGS))
 
@@ -870,3 +877,74 @@ def test_elastic_scale_down_before_the_first_count_is_still_a_resize():
     assert out.status["workers"] == 2 and out.status["resizes"] == 1
     last = out.status["resize_history"][-1]
     assert (last.from_replicas, last.to_replicas, last.reason) == (3, 2, "ScaledDown")
+
+
+def heard(now: float, sizes: dict[int, int], restarts: dict[int, int] | None = None) -> dict:
+    """Readings of the given slots at `now`: slot -> the group size its launcher names."""
+    restarts = restarts or {}
+    return {f"llm-worker-{r}-0": (now, g, restarts.get(r, 0)) for r, g in sizes.items()}
+
+
+def test_the_ranks_meeting_without_a_silent_pod_is_a_shrink_at_once():
+    # Slot 2's node went silent (still Ready to the node controller): its launcher stopped
+    # answering, and the other two say their latest round had 2 pods.
+    members = {**heard(0, {2: 3}), **heard(10, {0: 2, 1: 2})}
+    case = Case(elastic_job(workers=3), pods=elastic_pods(3), now=11, members=members, read_at=10)
+    out = decide("elastic", case)
+    assert out.status["workers"] == 2 and out.status["resizes"] == 1
+    last = out.status["resize_history"][-1]
+    assert (last.from_replicas, last.to_replicas, last.reason) == (3, 2, "LeftGroup")
+    assert "without llm-worker-2-0" in last.message
+    assert [e.reason for e in out.events] == ["Shrunk"]
+    assert out.signals.elastic_resizes == (("shrink", "LeftGroup"),)
+    assert not out.delete and not out.create  # its fate is the node's: it may come back
+    assert "2 of 3 workers in the group" in out.phase.message
+    # It comes back and rejoins: the ranks name 3 again, a grow.
+    job = elastic_job(workers=2, resizes=1, resizeHistory=[last.model_dump(by_alias=True)])
+    back = Case(job, pods=elastic_pods(3), now=30, members=heard(30, {0: 3, 1: 3, 2: 3}),
+                read_at=30)  # fmt: skip
+    out = decide("elastic", back)
+    assert out.status["workers"] == 3
+    assert out.status["resize_history"][-1].reason == "Replaced"
+
+
+@table(
+    (
+        "nobody answered: the running pods count",
+        Case(elastic_job(workers=3), pods=elastic_pods(3), now=5, read_at=4,
+             expect={"phase": ("Running", "Running"), "status": {"workers": 3}}),
+    ),
+    (
+        "a round in progress (sizes disagree): the count stands",
+        Case(elastic_job(workers=3), pods=elastic_pods(3), now=5, read_at=4,
+             members=heard(4, {0: 2, 1: 3, 2: 3}),
+             expect={"phase": ("Running", "Running"), "status": {"workers": 3}}),
+    ),
+    (
+        "readings too old to say anything of now",
+        Case(elastic_job(workers=3), pods=elastic_pods(3), now=40, read_at=20,
+             members=heard(20, {0: 2, 1: 2}),
+             expect={"phase": ("Running", "Running"), "status": {"workers": 3}}),
+    ),
+    (
+        "a new pod running but not in the rendezvous yet: not counted until it joins",
+        Case(elastic_job(workers=2), pods=elastic_pods(3), now=5, read_at=4,
+             members=heard(4, {0: 2, 1: 2}),
+             expect={"phase": ("Running", "Running"), "status": {"workers": 2}}),
+    ),
+)  # fmt: skip
+def test_elastic_counts_the_group_its_ranks_report(case):
+    check("elastic", case)
+
+
+def test_worker_restarts_inside_pods_reach_status_with_an_event():
+    members = heard(4, {0: 3, 1: 3, 2: 3}, restarts={1: 1})
+    case = Case(elastic_job(workers=3), pods=elastic_pods(3), now=5, members=members, read_at=4)
+    out = decide("elastic", case)
+    assert out.status["worker_restarts"] == 1 and out.status["workers"] == 3
+    (event,) = [e for e in out.events if e.reason == "WorkersRestarted"]
+    assert "llm-worker-1-0: 1" in event.message and event.type == "Warning"
+    # Said once: the next reconcile with the same reading has no Event.
+    again = decide("elastic", Case(elastic_job(workers=3, workerRestarts=1), pods=elastic_pods(3),
+                                   now=7, members=members, read_at=4))  # fmt: skip
+    assert again.status["worker_restarts"] == 1 and not again.events

@@ -315,7 +315,9 @@ class Resize(_Model):
     time: str = Field(..., description="When the operator saw it.")
     from_replicas: int = Field(..., description="Workers before.")
     to_replicas: int = Field(..., description="Workers after.")
-    reason: str = Field(..., description="PodLost, NodeLost, Replaced, ScaledUp, ScaledDown.")
+    reason: str = Field(
+        ..., description="PodLost, NodeLost, LeftGroup, Replaced, ScaledUp, ScaledDown."
+    )
     message: str = Field("", description="What happened, in a sentence.")
 
 
@@ -344,7 +346,14 @@ class TrainingJobStatus(_Model):
         "elastic job's shrinks and grows (never counted against backoffLimit).",
     )
     workers: int | None = Field(
-        None, description="Elastic jobs: the workers in the group as last counted."
+        None,
+        description="Elastic jobs: the workers in the group as last counted: as the ranks' "
+        "latest rendezvous says where their launchers answer, else the running pods.",
+    )
+    worker_restarts: int = Field(
+        0,
+        description="Elastic jobs: worker restarts torchrun made inside the pods (spent from "
+        "spec.elastic.maxRestarts, per pod), as their launchers report them now.",
     )
     elastic_range: str = Field("", description="Elastic jobs: min-max, for kubectl get.")
     suspect_nodes: list[SuspectNode] = Field(

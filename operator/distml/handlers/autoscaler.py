@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import logging
 from typing import TYPE_CHECKING, Any
-
-import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from distml import labels, metrics, podstate
 from distml.api.serving import KIND, Autoscaling, LoadMetric
+from distml.handlers.podmetrics import PodMetricsReader, read_series
 from distml.handlers.registry import Key
 from distml.reconcile import LoadSample
 from distml.servingjob import autoscale
@@ -25,19 +22,10 @@ from distml.servingjob import autoscale
 if TYPE_CHECKING:
     from distml.handlers.operator import Operator
 
-log = logging.getLogger(__name__)
 SERIES = {
     LoadMetric.IN_FLIGHT: "distml_serve_inflight_requests",
     LoadMetric.QUEUE_DEPTH: "distml_serve_queue_depth",
 }
-
-
-def metrics_port(pod: dict[str, Any]) -> int:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == "metrics":
-                return int(port["containerPort"])
-    return labels.METRICS_PORT
 
 
 def serving_ready(pod: dict[str, Any]) -> bool:
@@ -47,45 +35,22 @@ def serving_ready(pod: dict[str, Any]) -> bool:
     return podstate.is_ready(pod) and serving and not podstate.is_deleting(pod)
 
 
-def read_series(text: str, name: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    return None
+class LoadReader(PodMetricsReader):
+    kind = KIND
+    what = "serving replicas' load"
 
-
-class LoadReader:
     def __init__(self, op: Operator, period: float = 2.0, timeout: float = 1.5) -> None:
-        self.op, self.period, self.timeout = op, period, timeout
+        super().__init__(op, period, timeout)
         self.history: dict[Key, collections.deque[LoadSample]] = {}
-        self._session: aiohttp.ClientSession | None = None
 
     def readings(self, key: Key) -> tuple[LoadSample, ...]:
         return tuple(self.history.get(key, ()))
 
+    def known(self) -> list[Key]:
+        return list(self.history)
+
     def forget(self, key: Key) -> None:
         self.history.pop(key, None)
-
-    async def run_forever(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self.period)
-                try:
-                    await self.read_all()
-                except Exception:
-                    log.exception("reading serving replicas' load failed")
-        finally:
-            if self._session is not None:
-                await self._session.close()
-
-    async def read_all(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        jobs = {k: j for k, j in list(self.op.jobs.items()) if k[0] == KIND}
-        for key in [k for k in self.history if k not in jobs]:
-            self.forget(key)
-        await asyncio.gather(*(self.read_job(key, job) for key, job in jobs.items()))
 
     async def read_job(self, key: Key, job: dict[str, Any]) -> None:
         spec = job.get("spec") or {}
@@ -109,17 +74,10 @@ class LoadReader:
             self.op.workers.wake(key)
 
     async def _read(self, pod: dict[str, Any], series: str) -> float | None:
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip:
-            return None
-        url = f"http://{ip}:{metrics_port(pod)}/metrics"
-        assert self._session is not None
+        text = await self.get(pod)
         try:
-            async with self._session.get(url) as resp:
-                text = await resp.text()
-            value = read_series(text, series)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            log.debug("reading %s: %s", url, err)
+            value = read_series(text, series) if text is not None else None
+        except ValueError:  # not an exposition
             value = None
         if value is None:
             metrics.AUTOSCALE_READS_FAILED.inc()

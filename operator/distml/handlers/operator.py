@@ -23,6 +23,7 @@ from distml import admission, failpoints, labels, metrics, podstate
 from distml.api.models import GROUP, KIND, VERSION
 from distml.api.serving import KIND as SERVING_KIND
 from distml.handlers.autoscaler import LoadReader
+from distml.handlers.groups import GroupReader
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
@@ -153,6 +154,7 @@ class Operator:
         self.kinds: dict[str, Kind] = dict(KINDS)
         self._gang_kinds: dict[str, str] = {}  # job uid -> its kind
         self.loads = LoadReader(self)  # autoscaled ServingJobs' load, read from their replicas
+        self.groups = GroupReader(self)  # elastic TrainingJobs' groups, read from their pods
 
     async def io(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -537,6 +539,7 @@ class Operator:
                 disruption=self.disruption,
                 load=self.loads.readings(key),
             )
+            world.members, world.members_at = self.groups.readings(key)
             plan = kind.plan(world, self.settings)
             # The decision is assumed in the ledger before anything awaits (see the docstring).
             self._replaced(key, uid)
@@ -590,6 +593,7 @@ class Operator:
         self.phases.pop(key, None)
         self.workers.waiting.discard(key)
         self.loads.forget(key)
+        self.groups.forget(key)
         if key[0] == SERVING_KIND:
             for gauge in (metrics.SERVING_DESIRED, metrics.SERVING_READY):
                 with contextlib.suppress(KeyError):
@@ -768,6 +772,7 @@ def register(op: Operator) -> None:
             followers.append(asyncio.create_task(op.follow(path, version), name=f"follow {path}"))
         followers.append(asyncio.create_task(op.sweep_forever(SWEEP_SECONDS), name="orphans"))
         followers.append(asyncio.create_task(op.loads.run_forever(), name="serving load"))
+        followers.append(asyncio.create_task(op.groups.run_forever(), name="training groups"))
 
     for kind in op.kinds.values():
         kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.plural}-events")(

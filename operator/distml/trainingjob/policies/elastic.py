@@ -28,6 +28,27 @@ from distml.trainingjob.observe import Observation
 
 HISTORY = 10  # resizes kept in status
 WAITING = "WaitingForCapacity"
+FRESH_SECONDS = 10.0  # group readings older than this say nothing of the group now
+LOSSES = ("PodLost", "NodeLost", "LeftGroup")
+
+
+def reported_group(o: Observation, running: list[Obj]) -> tuple[int, list[Obj]] | None:
+    """The group as its ranks report it (distml.handlers.groups): its size and the running pods
+    not in it, when every running pod that answered the last read names the same size and the
+    ones that did not answer are exactly those missing from it (a pod cut off with its node, or
+    one still joining); None without such a reading."""
+    at = o.world.members_at
+    if at is None or (o.now - at).total_seconds() > FRESH_SECONDS:
+        return None
+    fresh = {n for n, r in o.world.members.items() if r.time == at}
+    answered = [p for p in running if p["metadata"]["name"] in fresh]
+    sizes = {o.world.members[p["metadata"]["name"]].group_size for p in answered}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    if size == len(answered) and size <= len(running):
+        return size, [p for p in running if p["metadata"]["name"] not in fresh]
+    return None
 
 
 def lost_pod(o: Observation, pod: Obj) -> Failure | None:
@@ -100,11 +121,23 @@ def decide(o: Observation) -> Outcome | None:
         time=adm.time,
     )
     running = [p for p in staying if podstate.phase(p) == "Running"]
+    # The ranks' own word, where their launchers answer: a pod still running whose peers met
+    # without it is out of the group now, long before its node counts as lost.
+    counted = len(running)
+    out: list[Obj] = []
+    if (group := reported_group(o, running)) is not None:
+        counted, out = group
+    left = [p["metadata"]["name"] for p in out if p["metadata"]["name"] in o.world.members]
+    joining = [p["metadata"]["name"] for p in out if p["metadata"]["name"] not in left]
     # Workers that finish one by one at the end are not a shrink: the count stays as it was.
-    workers = len(running) if not finished or o.status.workers is None else o.status.workers
-    history, events, resized = _resizes(o, lost, leaving, workers)
+    workers = counted if not finished or o.status.workers is None else o.status.workers
+    history, events, resized = _resizes(o, lost, leaving, workers, left)
     bounds = f"elastic {el.min_replicas}-{el.max_replicas}"
-    message = f"{len(running)} of {target} workers running ({bounds})"
+    message = f"{counted} of {target} workers in the group ({bounds})"
+    if left:
+        message += f"; its ranks met again without {', '.join(left)} (running, not answering)"
+    if joining:
+        message += f"; joining: {', '.join(joining)}"
     if finished:
         message += f", {len(finished)} finished"
     conditions = [c.model_dump(by_alias=True) for c in o.status.conditions]
@@ -121,6 +154,8 @@ def decide(o: Observation) -> Outcome | None:
     settling = bool(delete or create or len(running) != len(staying) or any(
         podstate.is_deleting(p) for p in cur
     ))  # fmt: skip
+    restarts, restart_events = _worker_restarts(o, cur)
+    events = [*events, *restart_events]
     return Outcome(
         phase=phase,
         status={
@@ -129,6 +164,7 @@ def decide(o: Observation) -> Outcome | None:
             "resizes": o.status.resizes + len(resized),
             "resize_history": history,
             "conditions": [Condition.model_validate(c) for c in conditions],
+            "worker_restarts": restarts,
         },
         create=tuple(create),
         delete=tuple(delete),
@@ -158,8 +194,29 @@ def _place(o: Observation, vacant: list[int], nodes: list[str]) -> list[str]:
     )
 
 
+def _worker_restarts(o: Observation, pods: list[Obj]) -> tuple[int, list[Event]]:
+    """The worker restarts torchrun made in the job's pods, as their launchers say now (the
+    last count while none answers), and an Event when it grew."""
+    mine = {p["metadata"]["name"] for p in pods}
+    readings = {n: r for n, r in o.world.members.items() if n in mine}
+    if not readings:
+        return o.status.worker_restarts, []
+    total = sum(r.worker_restarts for r in readings.values())
+    if total <= o.status.worker_restarts:
+        return total, []
+    where = ", ".join(f"{n}: {r.worker_restarts}" for n, r in sorted(readings.items())
+                      if r.worker_restarts)  # fmt: skip
+    assert o.spec.elastic is not None
+    limit = o.spec.elastic.max_restarts
+    return total, [
+        Event("Warning", "WorkersRestarted",
+              f"torchrun restarted workers inside pods ({where}; at most {limit} per pod, "
+              "spec.elastic.maxRestarts)"),
+    ]  # fmt: skip
+
+
 def _resizes(
-    o: Observation, lost: dict[str, Failure], leaving: list[Obj], running: int
+    o: Observation, lost: dict[str, Failure], leaving: list[Obj], running: int, left: list[str]
 ) -> tuple[list[Resize], list[Event], list[tuple[str, str]]]:
     """The change of size since the last count, if any: the history with it, its Event, and
     (direction, reason) for the metric."""
@@ -179,12 +236,16 @@ def _resizes(
             why = describe(first) + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
         elif leaving or o.spec.replicas < before:  # scaled down (its pods may be gone)
             reason, why = "ScaledDown", f"spec.replicas is {o.spec.replicas}"
+        elif left:
+            reason = "LeftGroup"
+            why = (f"the ranks met again without {', '.join(left)}, which still runs but does "
+                   "not answer (its node silent)")  # fmt: skip
         else:
             reason, why = "PodLost", "a worker stopped running"
     else:
         direction = "grow"
         # Growing back after a loss, or toward a larger spec.replicas.
-        after_loss = bool(history) and history[-1].reason in ("PodLost", "NodeLost")
+        after_loss = bool(history) and history[-1].reason in LOSSES
         reason = "Replaced" if after_loss else "ScaledUp"
         why = f"spec.replicas is {o.spec.replicas}"
     message = f"{before} -> {running} workers: {why}"
