@@ -254,6 +254,7 @@ def test_a_service_name_taken_by_someone_else_is_reported_until_it_is_free(
          "spec.pipeline.boundaries"),
         ({"gpusPerReplica": 3, "pipeline": {"stages": 2}}, "spec.gpusPerReplica"),
         ({"model": {"widths": []}}, "spec.model.widths"),
+        ({"pipeline": {"stages": 2, "gpuMemory": "lots"}}, "spec.pipeline.gpuMemory"),
     ],
 )  # fmt: skip
 def test_bad_specs_are_refused_by_the_api_server_naming_the_field(custom, namespace, spec, field):

@@ -53,6 +53,49 @@ def test_a_balanced_split_has_the_smallest_slowest_stage_of_any_split(widths):
         assert max(sum(costs[a:b]) for a, b in got) == best
 
 
+@pytest.mark.parametrize(
+    ("widths", "limit"),
+    [([512, 2048, 256, 1024], 9_000_000), ([100] * 7, 130_000), ([4096, 8, 4096], 1_200_000)],
+)
+def test_a_balanced_split_within_gpu_memory_is_the_best_that_fits(widths, limit):
+    costs, rows = split.layer_costs(widths), 32
+
+    def fits(a: int, b: int) -> bool:
+        return split.stage_bytes(widths, a, b, rows) <= limit
+
+    for k in range(2, len(costs) + 1):
+        splits = [
+            list(itertools.pairwise((0, *cuts, len(costs))))
+            for cuts in itertools.combinations(range(1, len(costs)), k - 1)
+        ]
+        fitting = [r for r in splits if all(fits(a, b) for a, b in r)]
+        got = split.balanced(costs, k, fits)
+        if not fitting:
+            assert got is None
+            continue
+        assert got is not None and all(fits(a, b) for a, b in got)
+        best = min(max(sum(costs[a:b]) for a, b in r) for r in fitting)
+        assert max(sum(costs[a:b]) for a, b in got) == best
+
+
+def test_a_split_that_does_not_fit_the_gpu_is_refused_naming_the_stage():
+    widths = [512, 2048, 256, 1024]
+    roomy = Pipeline(stages=2, gpuMemory="1Gi")
+    assert split.describe(widths, roomy, 32).per_stage[1].memory_bytes > 0
+    with pytest.raises(split.SplitError, match=r"stage 0 .* needs .* bytes .* 4 stages fits"):
+        split.split(widths, Pipeline(stages=4, gpuMemory="2Mi"), 32)
+    with pytest.raises(split.SplitError, match="cut it otherwise"):
+        split.split(widths, Pipeline(stages=2, boundaries=[1], gpuMemory="4Mi"), 32)
+    assert split.parse_bytes("1.5Ki") == 1536 and split.parse_bytes("2G") == 2 * 10**9
+    job = pipeline_job(stages=2, gpuMemory="100Ki")
+    plan = plan_reconcile(Sim(job, [make_node("n0", 8)]).world(), SETTINGS)
+    assert (
+        plan.status["reason"] == "InvalidPipeline"
+        and "gpuMemory is 100Ki" in plan.status["message"]
+    )
+    assert not [o for o in plan.create if o["kind"] == "Pod"]
+
+
 def test_the_split_is_described_for_status_and_explicit_cuts_are_kept():
     got = split.describe([512, 2048, 256, 1024], Pipeline(stages=2))
     assert got.split == "Balanced" and got.layers == 5 and got.text == "0-1 | 2-4"

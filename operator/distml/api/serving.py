@@ -143,6 +143,14 @@ class Pipeline(_Model):
         description="SameBlock: a replica's stages inside one network block or it waits; "
         "PreferSameBlock: the fewest block crossings the free GPUs allow; Any: no topology.",
     )
+    gpu_memory: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="The memory one stage may use on its GPU (e.g. 80Gi). Given, every stage "
+        "must hold its fp32 weights and a batch of batching.maxBatchSize rows within it: "
+        "Balanced finds the most even split that does, and a split that cannot is refused in "
+        "status (InvalidPipeline) before any pod starts.",
+    )
     port: int = Field(29600, ge=1, le=65000, description="Stage k takes activations on port + k.")
     peer_timeout_seconds: float = Field(
         5.0,
@@ -269,6 +277,9 @@ class StageSplit(_Model):
     first_layer: int = Field(..., description="Its first layer.")
     last_layer: int = Field(..., description="Its last layer (inclusive).")
     share: float = Field(..., description="Its fraction of the model's multiply-adds.")
+    memory_bytes: int = Field(
+        0, description="What it holds on its GPU: fp32 weights and a full batch in and out."
+    )
 
 
 class PipelineStatus(_Model):

@@ -282,7 +282,9 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
     ranges, split_error = "", ""
     if spec.pipeline:
         try:
-            status.pipeline = split.describe(spec.model.widths, spec.pipeline)
+            status.pipeline = split.describe(
+                spec.model.widths, spec.pipeline, spec.batching.max_batch_size
+            )
             ranges = ",".join(f"{s.first_layer}:{s.last_layer + 1}"
                               for s in status.pipeline.per_stage)  # fmt: skip
         except split.SplitError as err:
