@@ -204,24 +204,27 @@ def _place(
     settings: Settings,
     count: int,
     queued: str | None,
-    zones_used: dict[str, int],
+    serving: list[Replica],
 ) -> tuple[list[tuple[str, ...]], admission.Verdict | None]:
     """Nodes for up to `count` new replicas (a node per stage pod), the most the ledger (and
     the queue order it keeps with every TrainingJob) lets start now; with the verdict that
     stopped it at fewer. Replicas are placed one at a time, each first in the zone that holds
-    the fewest of the job's replicas (`zones_used`, counted on as they are placed)."""
+    the fewest of the job's replicas (the `serving` ones by their stage 0's node, and those
+    placed here as they are)."""
     job = world.job
     k = stages(job)
     keys = settings.topology
     zone_of = {n["metadata"]["name"]: keys.zone_of(n) for n in world.nodes}
-    zones = sorted({z for z in zone_of.values() if z})
-    used = {z: zones_used.get(z, 0) for z in zones}
+    used = dict.fromkeys(sorted({z for z in zone_of.values() if z}), 0)
+    for x in serving:
+        if zone := zone_of.get(x.node, ""):
+            used[zone] += 1
     placed: list[tuple[str, ...]] = []
     held: list[admission.Gang] = []  # this batch's replicas placed so far, as the ledger's
+    base = dataclasses.replace(gang(job), waiting_since=parse_time(queued))
     for index in range(count):
-        base = dataclasses.replace(gang(job), waiting_since=parse_time(queued))
         tries = [base]
-        if len(zones) > 1:
+        if len(used) > 1:
             least = min(used.values())
             away = frozenset(n for n, z in zone_of.items() if used.get(z, least) > least)
             if away:
@@ -244,7 +247,7 @@ def _place(
         held.append(dataclasses.replace(base, uid=f"{base.uid}/{index}", admitted=nodes,
                                         layout=None))  # fmt: skip
         if zone := zone_of.get(nodes[0], ""):
-            used[zone] = used.get(zone, 0) + 1
+            used[zone] += 1
     return placed, None
 
 
@@ -386,9 +389,8 @@ def plan_reconcile(world: World, settings: Settings | None = None) -> Plan:
             f"namespace {meta['namespace']}: {violations[0]}{more}"
         )
     elif missing and room > 0 and not status.admission and not refused_pod:
-        zones_used = _zones_used(world, settings, r.serving)
         nodes, verdict = _place(world, settings, min(missing, room), status.queued_time,
-                                zones_used)  # fmt: skip
+                                r.serving)  # fmt: skip
     created: list[str] = []
     if nodes:
         batch = (status.admission.batch if status.admission else _last_batch(world.pods)) + 1
@@ -664,16 +666,6 @@ def _replica_of(pod: str, stages: int) -> tuple[str, int | None]:
 
 def _pod_of(replica: str, stage: int, stages: int) -> str:
     return rendering.stage_pod_name(replica, stage) if stages > 1 else replica
-
-
-def _zones_used(world: World, settings: Settings, serving: list[Replica]) -> dict[str, int]:
-    """The job's serving replicas per zone (of the node its stage 0 runs on)."""
-    zone_of = {n["metadata"]["name"]: settings.topology.zone_of(n) for n in world.nodes}
-    used: dict[str, int] = {}
-    for x in serving:
-        if zone := zone_of.get(x.node, ""):
-            used[zone] = used.get(zone, 0) + 1
-    return used
 
 
 def _last_batch(pods: list[Obj]) -> int:

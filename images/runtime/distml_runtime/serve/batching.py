@@ -26,13 +26,13 @@ class _Request:
 
 
 class Batcher:
-    """`forward` runs a batch on the model thread; or, with `pipelined`, a coroutine that sends
-    it into a pipeline of stages: then up to `in_flight` batches are in the stages at once, so
-    that each stage works on a different one."""
+    """`forward` runs a batch on the model thread; or, with `pipelined` (and no `forward`), a
+    coroutine that sends it into a pipeline of stages: then up to `in_flight` batches are in
+    the stages at once, so that each stage works on a different one."""
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[torch.Tensor], torch.Tensor] | None,
         max_batch_size: int,
         max_queue_delay: float,
         pipelined: Callable[[torch.Tensor], Awaitable[torch.Tensor]] | None = None,
@@ -120,6 +120,7 @@ class Batcher:
             if self.pipelined is not None:
                 out = await self.pipelined(x)
             else:
+                assert self.forward is not None
                 loop = asyncio.get_running_loop()
                 out = await loop.run_in_executor(self._pool, self.forward, x)
         except Exception as err:  # a bad batch fails its requests, not the server

@@ -113,16 +113,16 @@ class Server:
             self.reason = why
 
         layers, self.source = await load_layers(self.config, waiting)
-        model = nn.Sequential(*layers).eval()
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return model(x)
-
         c = self.config
         if c.stage is None:
+            model = nn.Sequential(*layers).eval()
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return model(x)
+
             self.batcher = Batcher(forward, c.max_batch_size, c.max_queue_delay)
-        else:
+        else:  # stage 0 keeps only its own layers; the others' go with `layers`
             self.state, self.reason = (
                 "linking",
                 f"waiting for its {c.stage.stages - 1} other stages",
@@ -133,7 +133,7 @@ class Server:
             except LostPeer as err:
                 self.lost(str(err))
                 return
-            self.batcher = Batcher(forward, c.max_batch_size, c.max_queue_delay,
+            self.batcher = Batcher(None, c.max_batch_size, c.max_queue_delay,
                                    self.head.forward, c.stage.stages)  # fmt: skip
         # Held: the event loop keeps only a weak reference to a task.
         self._batching = asyncio.get_running_loop().create_task(self.batcher.run())
