@@ -1,16 +1,17 @@
-"""Benchmark: the operator's own client (distml.kube.AsyncWriter, aiohttp and orjson) against the
-official client's asyncio flavour (kubernetes.aio, the maintained one, in our pinned
-`kubernetes` package), on the real local API server.
+"""Benchmark: the operator's client (distml.kube.AsyncWriter: kubernetes.aio for configuration,
+credentials, TLS and the connection pool; raw bodies and orjson on top) against plain aiohttp
+and against the library's own calls, on the real local API server.
 
     make bench-client
 
 Two operations the operator does in bulk: creating a 64-pod gang at once, and LISTing every pod
 of a cluster (2,000 here). Each is timed (wall clock and the client's own CPU) for
+- `plain`: plain aiohttp, no library (`plainhttp`; creates only): the floor;
 - `ours`: distml.kube.AsyncWriter;
 - `aio typed`: kubernetes.aio's CoreV1Api, which returns model objects;
 - `aio raw`: kubernetes.aio's ApiClient for auth, TLS and retries, answers left unparsed by it
   and read with orjson (what the operator would do on top of it).
-Medians of the repeats, and each against `ours` measured in the same run.
+Medians of the repeats, and each against the first row measured in the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import orjson
 from kubernetes import client, config
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
+from plainhttp import PlainCreator
 
 from distml.kube import AsyncWriter
 from distml.localcluster.cluster import LocalCluster
@@ -64,7 +66,8 @@ class Clients:
         self.core = client.CoreV1Api(self.sync)
 
     async def start(self) -> None:
-        self.ours = AsyncWriter(self.sync)
+        self.plain = await PlainCreator(self.sync).__aenter__()
+        self.ours = AsyncWriter(str(self.kubeconfig))
         cfg = aio_client.Configuration()
         await aio_config.load_kube_config(
             config_file=str(self.kubeconfig), client_configuration=cfg
@@ -73,10 +76,15 @@ class Clients:
         self.aio_core = aio_client.CoreV1Api(self.aio)
 
     async def close(self) -> None:
+        await self.plain.__aexit__()
         await self.ours.close()
         await self.aio.close()
 
     # --- one gang of creates, each way ------------------------------------------------------
+
+    async def create_plain(self, bodies: list[dict]) -> None:
+        done = await asyncio.gather(*map(self.plain.create, bodies))
+        assert not any(done), done
 
     async def create_ours(self, bodies: list[dict]) -> None:
         done = await asyncio.gather(*(self.ours.create(b) for b in bodies))
@@ -139,7 +147,7 @@ def drop(core: client.CoreV1Api, name: str) -> None:
 def table(rows: list[tuple[str, list[tuple[float, float]]]]) -> None:
     base_wall = statistics.median(w for w, _ in rows[0][1])
     base_cpu = statistics.median(c for _, c in rows[0][1])
-    print(f"{'client':<12} {'wall s':>8} {'x ours':>7} {'cpu s':>8} {'x ours':>7}")
+    print(f"{'client':<12} {'wall s':>8} {'x 1st':>7} {'cpu s':>8} {'x 1st':>7}")
     for name, runs in rows:
         wall = statistics.median(w for w, _ in runs)
         cpu = statistics.median(c for _, c in runs)
@@ -152,6 +160,7 @@ async def run(c: Clients, repeats: int, gang: int, listed: int) -> None:
     await c.start()
     try:
         ways = [
+            ("plain", c.create_plain, None),
             ("ours", c.create_ours, c.list_ours),
             ("aio typed", c.create_aio_typed, c.list_aio_typed),
             ("aio raw", c.create_aio_raw, c.list_aio_raw),
@@ -169,9 +178,10 @@ async def run(c: Clients, repeats: int, gang: int, listed: int) -> None:
         ns = fresh_namespace(c.core, "bench-client-list")
         for start in range(0, listed, 200):
             await c.create_ours([pod(ns, f"l-{i:04d}") for i in range(start, start + 200)])
-        lists: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in ways}
+        listers = [(name, list_all) for name, _, list_all in ways if list_all is not None]
+        lists: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in listers}
         for _ in range(repeats):
-            for name, _, list_all in ways:
+            for name, list_all in listers:
                 lists[name].append(await timed(list_all))
         print(f"\nLIST of every pod ({listed}+ pods, {repeats} repeats, medians):")
         table(list(lists.items()))

@@ -15,24 +15,13 @@ import sys
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from distml import health, placement, podpolicy
 from distml.handlers.operator import Operator, register
 from distml.handlers.settings import NoDiffBase
-from distml.kube import Kube
+from distml.kube import AsyncWriter
 from distml.trainingjob import Settings
-
-
-def _api_client() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    cfg = client.Configuration.get_default_copy()
-    cfg.connection_pool_maxsize = 64  # a gang's pods are created concurrently
-    return client.ApiClient(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     op = Operator(
-        Kube(_api_client()),
+        AsyncWriter(),  # in the cluster: its ServiceAccount; outside: $KUBECONFIG
         Settings(
             backoff_base_seconds=args.backoff_base_seconds,
             backoff_cap_seconds=args.backoff_cap_seconds,

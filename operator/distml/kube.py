@@ -1,20 +1,26 @@
-"""The only module that talks to the Kubernetes API. Everything returns plain JSON dicts as the API
-sends them (camelCase), which is what the pure modules read. Blocking calls; the handlers run them
-in a thread pool so a gang's pods are created concurrently."""
+"""The only module that talks to the Kubernetes API, for everything the operator (and the process
+node agent) does besides kopf's own job watch. It sits on the maintained asyncio client,
+`kubernetes.aio`: the library loads the kubeconfig or the pod's ServiceAccount (exec plugins and
+token refresh included), builds the TLS context and owns the connection pool. What this module
+adds is what the library leaves to its caller: answers as plain JSON dicts as the API sends them
+(camelCase, parsed with orjson), which is what the pure modules read; LIST pagination; a
+throttled request (429) sent again after its Retry-After; a 409 told apart from our own object;
+and watches as streams of events."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
+from urllib.parse import urlencode
+from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from kubernetes.aio import client as aio_client
+from kubernetes.aio import config as aio_config
 
 from distml import metrics
 from distml.api.models import GROUP, PLURAL, VERSION
@@ -27,35 +33,11 @@ RETRY_AFTER_CAP_SECONDS = 10.0
 # Objects per LIST page: a LIST of every pod of a large cluster comes in pieces the API server
 # can serve without building one huge answer (and without its 410 for a too-large snapshot).
 LIST_PAGE = 500
+TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 class NotServed(RuntimeError):
     """The API server does not serve this resource (404 for a LIST): its CRD is not installed."""
-
-
-class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-
-    def get_job(self, namespace: str, name: str, plural: str = PLURAL) -> Obj | None:
-        try:
-            job = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-            return cast(Obj, job)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def delete_job(self, namespace: str, name: str, plural: str = PLURAL) -> None:
-        try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
 
 
 def _passing_denial(code: int, text: str) -> bool:
@@ -89,41 +71,77 @@ def retry_after(header: str | None) -> float:
     return min(max(wait, 0.0), RETRY_AFTER_CAP_SECONDS) + random.uniform(0, 0.5)
 
 
+async def connect(kubeconfig: str | None = None, pool: int = 64) -> aio_client.ApiClient:
+    """The library's client, configured by the library: from `kubeconfig` when given, else from
+    the pod's ServiceAccount, else from $KUBECONFIG or ~/.kube/config. `pool` connections at
+    most, kept alive (a TLS handshake costs more than a queued request)."""
+    cfg = aio_client.Configuration()
+    if kubeconfig is None:
+        try:
+            aio_config.load_incluster_config(client_configuration=cfg)
+        except aio_config.ConfigException:
+            await aio_config.load_kube_config(client_configuration=cfg)
+    else:
+        await aio_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool
+    # aiohttp's trust_env (the library's default) looks for ~/.netrc and the proxy variables in
+    # a worker thread on every request: two thread hops that made a gang's creates 1.3x the time
+    # of plain aiohttp. Only a machine with a proxy set in its environment pays for them (the
+    # API server is then reached through it, as client-go does).
+    cfg.client_session_kwargs = {"trust_env": bool(getproxies_environment())}
+    return aio_client.ApiClient(cfg)
+
+
 class AsyncWriter:
-    """Creates and deletes pods, and follows pods and nodes, on the event loop with aiohttp
-    (kopf's own HTTP client): a gang of 64 pods goes out as 64 concurrent requests without 64
-    threads fighting over the GIL, and a watch event costs one JSON parse (orjson's: parsing
-    was a third of the operator's CPU in a burst of gangs with the standard library's)."""
+    """Creates, reads and deletes objects, and follows pods and nodes, on the event loop: a gang
+    of 64 pods goes out as 64 concurrent requests without 64 threads fighting over the GIL, and
+    a watch event costs one JSON parse (orjson's: parsing was a third of the operator's CPU in a
+    burst of gangs with the standard library's, and the library's typed models cost 2x the time
+    of a create; `make bench-client`).
 
-    def __init__(self, api: client.ApiClient, concurrency: int = 64) -> None:
-        cfg = api.configuration
-        self.host = cfg.host.rstrip("/")
-        self._cfg = cfg
+    The connection to the API server is made on first use, from `kubeconfig` (see `connect`)."""
+
+    def __init__(self, kubeconfig: str | None = None, concurrency: int = 64) -> None:
+        self.kubeconfig = kubeconfig
         self._limit = asyncio.Semaphore(concurrency)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = concurrency
+        self._api: aio_client.ApiClient | None = None
+        self._connecting = asyncio.Lock()
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        token = self._cfg.get_api_key_with_prefix(
-            "authorization"
-        ) or self._cfg.get_api_key_with_prefix("BearerToken")
-        if token:
-            headers["Authorization"] = token
+    async def api(self) -> aio_client.ApiClient:
+        if self._api is None:
+            async with self._connecting:
+                if self._api is None:
+                    self._api = await connect(self.kubeconfig, self._pool)
+        return self._api
+
+    async def _headers(self, api: aio_client.ApiClient, content_type: str) -> dict[str, str]:
+        """The request's headers, credentials from the library (a refreshed token when the
+        kubeconfig or the ServiceAccount rotates it)."""
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        await api.update_params_for_auth(headers, None, ["BearerToken"], "", "", None)
         return headers
 
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            ctx = ssl.create_default_context(cafile=self._cfg.ssl_ca_cert)
-            if self._cfg.cert_file:
-                ctx.load_cert_chain(self._cfg.cert_file, self._cfg.key_file)
-            if not self._cfg.verify_ssl:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            self._session = aiohttp.ClientSession(
-                # Few connections, kept alive: a TLS handshake costs more than a queued request.
-                connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
-                timeout=aiohttp.ClientTimeout(total=60),
-            )
-        return self._session
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout = TIMEOUT,
+    ) -> aiohttp.ClientResponse:
+        """One request through the library's connection pool; the caller reads or releases
+        the answer."""
+        api = await self.api()
+        url = api.configuration.host.rstrip("/") + path
+        if params:
+            url += "?" + urlencode(params)
+        headers = await self._headers(api, content_type)
+        answer = await api.rest_client.request(
+            method, url, headers=headers, body=body, _request_timeout=timeout
+        )
+        return answer.response
 
     async def create(self, obj: Obj) -> bool | str:
         """Creates a Pod or Service: True when created, False when it is there already and ours
@@ -163,23 +181,36 @@ class AsyncWriter:
         """One request: (HTTP status, body). Throttled (429), it is sent again after the
         server's Retry-After, up to THROTTLE_ATTEMPTS times, holding no connection slot while
         it waits."""
-        headers = self._headers()
-        headers["Content-Type"] = content_type
-        data = None if body is None else json.dumps(body)
         for attempt in range(THROTTLE_ATTEMPTS):
-            async with (
-                self._limit,
-                self._session_().request(
-                    method, f"{self.host}{path}", data=data, headers=headers, params=params
-                ) as resp,
-            ):
-                answer = await resp.read()
+            async with self._limit:
+                resp = await self._call(method, path, body, params, content_type)
+                try:
+                    answer = await resp.read()
+                finally:
+                    resp.release()
                 if resp.status != 429 or attempt == THROTTLE_ATTEMPTS - 1:
                     return resp.status, answer
                 wait = retry_after(resp.headers.get("Retry-After"))
             metrics.API_THROTTLED.inc()
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+    async def get_job(self, namespace: str, name: str, plural: str = PLURAL) -> Obj | None:
+        """A job as the API server has it now; None when it is gone."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
+        status, job = await self.request("GET", path)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise RuntimeError(f"reading {plural}/{name}: {status} {job.get('message')}")
+        return job
+
+    async def delete_job(self, namespace: str, name: str, plural: str = PLURAL) -> None:
+        """Deletes a job, its pods after it (the garbage collector's background propagation)."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
+        status, answer = await self.request("DELETE", path, {"propagationPolicy": "Background"})
+        if status >= 300 and status != 404:
+            raise RuntimeError(f"deleting {plural}/{name}: {status} {answer.get('message')}")
 
     async def delete_pod(self, namespace: str, name: str, force: bool) -> None:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
@@ -238,9 +269,8 @@ class AsyncWriter:
             "timeoutSeconds": "300",
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
-        async with self._session_().get(
-            f"{self.host}{path}", params=params, headers=self._headers(), timeout=timeout
-        ) as resp:
+        resp = await self._call("GET", path, params=params, timeout=timeout)
+        try:
             if resp.status == 410:
                 raise WatchExpired(path)
             if resp.status >= 300:
@@ -257,8 +287,10 @@ class AsyncWriter:
                 resource_version = obj["metadata"]["resourceVersion"]
                 if kind != "BOOKMARK":
                     on_event(kind, obj)
+        finally:
+            resp.close()  # a watch cut short is not read to its end: its connection goes
         return resource_version
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._api is not None:
+            await self._api.close()

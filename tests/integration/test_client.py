@@ -46,14 +46,14 @@ async def _until(what: str, check, timeout: float = 30.0) -> None:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
-def test_a_list_longer_than_a_page_comes_whole_and_can_be_watched_from(api, core, namespace):
+def test_a_list_longer_than_a_page_comes_whole_and_can_be_watched_from(cluster, core, namespace):
     for i in range(23):
         _configmap(core, namespace, f"cm-{i:02d}")
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     total = len(core.list_namespaced_config_map(namespace).items)  # with kube-root-ca.crt
 
     async def go() -> None:
-        writer = _Pages(api)
+        writer = _Pages(str(cluster.kubeconfig))
         try:
             items, version = await writer.list_objects(path, page=5)
             assert _names(items) >= {f"cm-{i:02d}" for i in range(23)} and len(items) == total
@@ -86,7 +86,7 @@ def test_a_watch_whose_history_is_gone_lists_again_and_misses_nothing(
     _configmap(core, namespace, "before")
 
     async def listed_version() -> str:
-        writer = AsyncWriter(api)
+        writer = AsyncWriter(str(cluster.kubeconfig))
         try:
             return (await writer.list_objects(path))[1]
         finally:
@@ -100,7 +100,7 @@ def test_a_watch_whose_history_is_gone_lists_again_and_misses_nothing(
     expired = _expired("configmaps")
 
     async def go() -> None:
-        writer = AsyncWriter(api)
+        writer = AsyncWriter(str(cluster.kubeconfig))
         store: dict[str, dict] = {}
         lists: list[int] = []
 

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -27,7 +26,7 @@ from distml.handlers.groups import GroupReader
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
-from distml.kube import AsyncWriter, Kube, NotServed, api_message
+from distml.kube import AsyncWriter, NotServed, api_message
 from distml.podstate import iso
 from distml.policies import disruption, orphans
 from distml.reconcile import Plan, Settings, World
@@ -114,19 +113,16 @@ class Operator:
 
     def __init__(
         self,
-        kube: Kube,
+        writer: AsyncWriter,
         settings: Settings,
-        threads: int = 16,
         namespaces: tuple[str, ...] = (),
         peering: bool = False,
     ) -> None:
-        self.kube = kube
         # With kopf peering, a replica that waits gets no job events: only those start workers.
         self.peering = peering
-        self.writer = AsyncWriter(kube.api)
+        self.writer = writer
         self.settings = settings
         self.watched = namespaces  # empty: every namespace
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.workers = JobWorkers(self.reconcile)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.gpu_pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -155,9 +151,6 @@ class Operator:
         self._gang_kinds: dict[str, str] = {}  # job uid -> its kind
         self.loads = LoadReader(self)  # autoscaled ServingJobs' load, read from their replicas
         self.groups = GroupReader(self)  # elastic TrainingJobs' groups, read from their pods
-
-    async def io(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # --- caches fed by watch events ----------------------------------------------------------
 
@@ -506,7 +499,7 @@ class Operator:
         for _ in range(2):  # a second pass when the API refused a create: release the gang
             job = self.jobs.get(key)
             if job is None:  # not seen yet (or forgotten): ask
-                job = await self.io(self.kube.get_job, ns, name, kind.plural)
+                job = await self.writer.get_job(ns, name, kind.plural)
                 if job is not None:
                     job = {**job, "kind": kind.kind}
                     self.on_job(job)
@@ -613,7 +606,7 @@ class Operator:
             self.jobs.pop(key, None)
             raise StatusConflict(meta["name"])
         if code == 409:
-            fresh = await self.io(self.kube.get_job, meta["namespace"], meta["name"], kind.plural)
+            fresh = await self.writer.get_job(meta["namespace"], meta["name"], kind.plural)
             if fresh is not None:
                 self._gang_versions.pop(meta["uid"], None)
                 self.on_job({**fresh, "kind": kind.kind})
@@ -672,7 +665,7 @@ class Operator:
         key = job_key(meta["namespace"], meta["name"], kind.kind)
         if plan.delete_job:
             log.info("deleting %s/%s: ttlSecondsAfterFinished has passed", *key[1:])
-            await self.io(self.kube.delete_job, *key[1:], kind.plural)
+            await self.writer.delete_job(*key[1:], kind.plural)
             return []
         if getattr(plan.signals, "restarted", False) and await self._namespace_going(
             meta["namespace"]
@@ -785,7 +778,6 @@ def register(op: Operator) -> None:
             task.cancel()
         await op.workers.stop()
         await op.writer.close()
-        op.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _job_events(op: Operator, kind: str) -> Any:

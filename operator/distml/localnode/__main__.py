@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-from kubernetes import config
-
 from distml.kube import AsyncWriter
 from distml.localcluster import pki
 from distml.localnode import agent, network, pods, proxy
@@ -47,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     name = node["metadata"]["name"]
     tls = pki.write_serving_cert(root / "pki", name, net.address)
     repo = Path(os.environ.get("DISTML_REPO", Path.cwd()))
-    api = config.new_client_from_config(config_file=args.kubeconfig)
     kube_proxy = None
     if args.kube_proxy:
         if why := proxy.available(args.kube_proxy):
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             kube_proxy = proxy.command(args.kube_proxy, args.kubeconfig, name, net, root / "nodes"
                                        / name, router=False)  # fmt: skip
     node_agent = agent.NodeAgent(
-        kube=AsyncWriter(api),
+        kube=AsyncWriter(args.kubeconfig),
         node=node,
         net=net,
         root=root / "nodes" / name,
