@@ -11,12 +11,16 @@ rendezvous and restart (to the resume from the checkpoint), and the first step a
 1. elastic job (3 pods, min 2), one worker process killed with SIGKILL: torchrun restarts it in
    its pod, the other pods' workers meet it again (target <= 10 s);
 2. the same job, the node of slot 2 cut off the network, no spare node: the job shrinks to 2
-   (target <= 20 s), and the operator's record of it follows once the node counts as lost;
+   (target <= 20 s), and the operator records it from the ranks' group size, before the node
+   controller calls the node NotReady;
 3. the node back (from the moment it is Ready): the operator puts the slot's replacement there,
    and the job grows to 3 again (target <= 20 s);
-4. a non-elastic job (2 pods) with a spare node, the node of rank 1 cut off: the operator
+4. the same job, slot 2's node removed (its machine killed, its Node object deleted), no spare:
+   the job shrinks to 2 (target <= 20 s); then a node of that name joins again (from the moment
+   the node agent is Ready) and the job grows to 3 (target <= 20 s);
+5. a non-elastic job (2 pods) with a spare node, the node of rank 1 cut off: the operator
    restarts the group on the other two nodes when rank 0 reports its peer lost, without waiting
-   for the node controller (target <= 20 s).
+   for the node controller (target <= 20 s); and the same with the node removed.
 
 Beside them, what the node controller alone gives: the node NotReady after the grace period
 (measured in the same run), then the default 300 s toleration before it evicts the pods.
@@ -213,36 +217,65 @@ class Bench:
         faults.node_cut(self.cluster, node)
         try:
             out["node cut off, no spare (elastic shrink)"] = self.parts(name, fault, 2)
-            self.wait("the node NotReady", lambda: not self.node_ready(node), 180)
-            not_ready = time.time() - fault
+            # From the ranks' own group size, before the node controller has a say.
             self.wait("the operator's shrink", lambda: self.status(name).get("workers") == 2, 180)
             out["node cut off, no spare (elastic shrink)"]["operator records it"] = (
                 time.time() - fault
             )
+            self.wait("the node NotReady", lambda: not self.node_ready(node), 180)
+            not_ready = time.time() - fault
             out["node controller alone"] = {"total": not_ready, "NotReady": not_ready}
         finally:
             faults.node_cut(self.cluster, node, off=False)
         self.wait("the node Ready", lambda: self.node_ready(node), 120)
-        back = time.time()
+        out["node back (elastic grow)"] = self.grows(name, time.time())
+
+        (victim,) = [p for p in self.pods(name) if p.metadata.name.startswith(f"{name}-worker-2-")
+                     and not p.metadata.deletion_timestamp]  # fmt: skip
+        node = victim.spec.node_name
+        fault = time.time()
+        faults.process_node_gone(self.cluster, node)
+        out["node removed, no spare (elastic shrink)"] = self.parts(name, fault, 2)
+        self.wait("the operator's shrink", lambda: self.status(name).get("workers") == 2, 180)
+        out["node removed, no spare (elastic shrink)"]["operator records it"] = time.time() - fault
+        self.cluster.sync_process_nodes(3, gpus=GPUS)
+        out["a node joins (elastic grow)"] = self.grows(name, time.time())
+        self.delete(name)
+
+        out["node cut off, spare node (non-elastic moves)"] = self.moves(
+            f"moves{i}",
+            lambda node: faults.node_cut(self.cluster, node),
+            lambda node: faults.node_cut(self.cluster, node, off=False),
+        )
+        out["node removed, spare node (non-elastic moves)"] = self.moves(
+            f"gone{i}",
+            lambda node: faults.process_node_gone(self.cluster, node),
+            lambda node: self.cluster.sync_process_nodes(3, gpus=GPUS),
+        )
+        return out
+
+    def grows(self, name: str, back: float) -> dict[str, float]:
+        """From a node's return (Ready) to training at 3 again, with its replacement pod."""
         steps = self.wait("training at 3", lambda: self.steps_after(name, back, world=3), 240)
         resume = next(e for e in self.events(name) if e["event"] == "resume" and e["time"] > back
                       and e["world_size"] == 3)  # fmt: skip
-        (new,) = [p for p in self.pods(name) if p.metadata.name == f"{name}-worker-2-0"]
-        created = new.metadata.creation_timestamp.timestamp()
-        out["node back (elastic grow)"] = {
+        new = [p for p in self.pods(name) if p.metadata.name.startswith(f"{name}-worker-2-")]
+        created = max(p.metadata.creation_timestamp.timestamp() for p in new)
+        return {
             "total": steps[0]["time"] - back,
             "replacement created": created - back,
             "pod start + rendezvous": resume["time"] - created,
             "first step": steps[0]["time"] - resume["time"],
         }
-        self.delete(name)
 
-        name = f"moves{i}"
+    def moves(self, name: str, fault_on: Any, restore: Any) -> dict[str, float]:
+        """A non-elastic job of 2 pods with a spare node: `fault_on(node)` hits rank 1's node;
+        from then to the first step on the other two nodes."""
         self.create(name, 2, elastic=False)
         victim = next(p for p in self.pods(name) if p.metadata.name.startswith(f"{name}-worker-1-"))
         node = victim.spec.node_name
         fault = time.time()
-        faults.node_cut(self.cluster, node)
+        fault_on(node)
         try:
             st = self.wait(
                 "the restart", lambda: (s := self.status(name)).get("restarts") and s, 120
@@ -252,26 +285,28 @@ class Bench:
                 e for e in self.events(name) if e["event"] == "step" and e["time"] > fault
             ], 240)  # fmt: skip
             resume = next(e for e in self.events(name) if e["event"] == "resume")
-            out["node cut off, spare node (non-elastic moves)"] = {
-                "total": steps[0]["time"] - fault,
-                "detect + restart decided": restarted,
-                "new pods + rendezvous": resume["time"] - fault - restarted,
-                "first step": steps[0]["time"] - resume["time"],
-            }
             assert node not in {p.spec.node_name for p in self.pods(name)
                                 if not p.metadata.deletion_timestamp}, st  # fmt: skip
         finally:
-            faults.node_cut(self.cluster, node, off=False)
+            restore(node)
         self.wait("the node Ready", lambda: self.node_ready(node), 120)
         self.delete(name)
-        return out
+        return {
+            "total": steps[0]["time"] - fault,
+            "detect + restart decided": restarted,
+            "new pods + rendezvous": resume["time"] - fault - restarted,
+            "first step": steps[0]["time"] - resume["time"],
+        }
 
 
 TARGETS = {
     "worker process killed (elastic)": 10.0,
     "node cut off, no spare (elastic shrink)": 20.0,
     "node back (elastic grow)": 20.0,
+    "node removed, no spare (elastic shrink)": 20.0,
+    "a node joins (elastic grow)": 20.0,
     "node cut off, spare node (non-elastic moves)": 20.0,
+    "node removed, spare node (non-elastic moves)": 20.0,
 }
 
 

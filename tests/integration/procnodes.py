@@ -4,8 +4,10 @@ its ranks printed and which processes they are."""
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import urllib3
 from kubernetes import client
 
+from distml import labels
 from distml.localcluster.cluster import LocalCluster
 from distml.localnode import network, proxy
 
@@ -95,3 +98,35 @@ def training_pid(folder: Path) -> int:
     if not pids:
         raise LookupError(f"no training process writes to {folder}")
     return pids[0]
+
+
+class Census:
+    """Reads a job's pods over and over in the background, for as long as it is entered: the most
+    that were alive at once (not finished, not being deleted), in all and in one rank's slot.
+    A pod duplicated by a recovery (a replacement made while the pod it replaces still runs)
+    shows as two in a slot."""
+
+    def __init__(self, core: client.CoreV1Api, ns: str, job: str, every: float = 0.25) -> None:
+        self.core, self.ns, self.job, self.every = core, ns, job, every
+        self.most = self.most_in_a_slot = self.reads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            alive = [
+                p for p in jobs.live_pods(self.core, self.ns, self.job)
+                if p.status.phase not in ("Succeeded", "Failed")
+            ]  # fmt: skip
+            slots = collections.Counter(p.metadata.labels.get(labels.RANK) for p in alive)
+            self.most = max(self.most, len(alive))
+            self.most_in_a_slot = max(self.most_in_a_slot, *slots.values(), 0)
+            self.reads += 1
+
+    def __enter__(self) -> Census:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,7 +1,8 @@
 """Elastic TrainingJobs on process nodes (real DDP training, one network host per node): a node
-cut off with no spare node shrinks the job, which grows back when the node returns; kubectl scale
-moves it within its bounds and is refused outside them; a killed worker process is restarted in
-its pod. None of it is a restart of the group, and training never starts again from step 0."""
+cut off, or removed, with no spare node shrinks the job, which grows back when the node returns
+(or a new one joins), with no pod duplicated; kubectl scale moves it within its bounds and is
+refused outside them; a killed worker process is restarted in its pod. None of it is a restart
+of the group, and training never starts again from step 0."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from distml.podstate import parse_time
 
 from . import jobs
 from .helpers import wait_for
-from .procnodes import ddp_job, events_of, training_pids
+from .procnodes import GPUS_PER_NODE, Census, ddp_job, events_of, training_pids
 
 
 def elastic_job(name: str, ckpt: str, steps: int, replicas: int = 3) -> dict:
@@ -130,6 +131,67 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
             f"in status (LeftGroup) after {recorded:.0f}s, the node lost (WaitingForCapacity) "
             f"after {noticed:.0f}s; node back: training at 3 after "
             f"{grown['time'] - back_at:.1f}s"
+        )
+
+
+def test_a_node_removed_shrinks_the_job_and_it_grows_back_when_a_node_joins(
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
+):
+    path, _folder = checkpoints
+    jobs.create(custom, namespace, elastic_job("gone", path, steps=1500))
+    jobs.wait_phase(custom, namespace, "gone", "Running", timeout=240)
+    training(core, namespace, "gone", 3)
+    victim = next(p for p in jobs.pods(core, namespace, "gone") if p.metadata.name.endswith("-2-0"))
+    node = victim.spec.node_name
+    with Census(core, namespace, "gone") as census:
+        gone_at = time.time()
+        faults.process_node_gone(cluster, node)  # its machine, its pods and its Node object
+        (shrunk,) = wait_for(
+            "training without the removed node",
+            lambda: resumed_at(core, namespace, "gone", 2, gone_at),
+            timeout=120,
+            every=1,
+        )
+        assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
+        # No node of that name, no room elsewhere: the job runs smaller and says what it needs.
+        st = jobs.wait_reporting(
+            custom, namespace, "gone", "the job to wait for capacity",
+            lambda: (s := jobs.status(custom, namespace, "gone")).get("reason")
+            == "WaitingForCapacity" and s,
+            timeout=60,
+        )  # fmt: skip
+        assert st["phase"] == "Running" and st["workers"] == 2 and st["restarts"] == 0
+        (shrink,) = history(custom, namespace, "gone")  # one membership change, one record
+        assert shrink[:2] == (3, 2) and shrink[2] in ("LeftGroup", "NodeLost"), shrink
+        assert "waiting for capacity for 1 x 2 nvidia.com/gpu" in st["message"]
+        # The removed node's pod is gone from the API, not left Terminating on a missing node.
+        wait_for(
+            "the lost pod deleted",
+            lambda: victim.metadata.name not in {p.metadata.name for p in
+                                                 jobs.pods(core, namespace, "gone")},
+            timeout=30,
+        )  # fmt: skip
+        back_at = time.time()
+        cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)  # a machine joins
+        (grown,) = wait_for(
+            "training at 3 again",
+            lambda: resumed_at(core, namespace, "gone", 3, back_at),
+            timeout=240,
+            every=1,
+        )
+        assert grown["step"] >= shrunk["step"]
+        wait_for(
+            "the grow in status",
+            lambda: (2, 3, "Replaced") in history(custom, namespace, "gone"),
+            timeout=60,
+        )
+        st = jobs.wait_phase(custom, namespace, "gone", "Succeeded", timeout=400)
+    assert st["restarts"] == 0 and st["restartGeneration"] == 0 and st["resizes"] == 2
+    assert census.reads > 100 and census.most <= 3 and census.most_in_a_slot == 1
+    with capsys.disabled():
+        print(
+            f"\n[elastic] node removed: training at 2 after {shrunk['time'] - gone_at:.1f}s; "
+            f"a node joined: training at 3 after {grown['time'] - back_at:.1f}s"
         )
 
 

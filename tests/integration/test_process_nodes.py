@@ -1,7 +1,8 @@
 """End to end on process nodes: TrainingJobs whose pods are real processes on simulated GPU
 servers, each its own network host. Training across nodes succeeds; a worker killed with
 SIGKILL restarts the group, which resumes from its checkpoint; a node cut off mid-training is
-noticed and the job recovers on the remaining nodes (the time to recovery is printed); a slow
+noticed and the job recovers on the remaining nodes (the time to recovery is printed), and so
+does one whose node is removed (machine and Node object gone), with no pod duplicated; a slow
 link fails the preflight at once, named."""
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from distml.localcluster import faults
 from . import jobs
 from .conftest import OperatorProcess
 from .helpers import wait_for
-from .procnodes import PROCESS, ddp_job, events_of, training_pid, training_pids
+from .procnodes import (
+    GPUS_PER_NODE,
+    PROCESS,
+    Census,
+    ddp_job,
+    events_of,
+    training_pid,
+    training_pids,
+)
 
 
 def test_job_trains_across_process_nodes_and_succeeds(
@@ -118,6 +127,46 @@ def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
         faults.node_cut(cluster, node, off=False)
     # Back on the network, the node stops the processes of the pod deleted while it was away.
     wait_for("the orphaned worker to stop", lambda: not training_pids(folder), timeout=60)
+
+
+def test_node_removed_mid_training_moves_the_job_to_the_spare_node(
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
+):
+    path, folder = checkpoints
+    jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5))
+    wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
+    victim = next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
+    node = victim.spec.node_name
+    try:
+        with Census(core, namespace, "ddp") as census:
+            t0 = time.monotonic()
+            faults.process_node_gone(cluster, node)
+            st = jobs.wait_phase(custom, namespace, "ddp", "Restarting", timeout=90)
+            noticed = time.monotonic() - t0
+            resumed = wait_for(
+                "training again",
+                lambda: [e for e in events_of(core, namespace, "ddp-worker-0-1")
+                         if e["event"] == "resume"],
+                timeout=120,
+                every=0.5,
+            )  # fmt: skip
+            recovered = time.monotonic() - t0
+            assert resumed[0]["step"] >= 10  # from its checkpoint, not from scratch
+            new = jobs.live_pods(core, namespace, "ddp")
+            assert {p.spec.node_name for p in new} == set(process_nodes) - {node}
+            st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
+        assert st["restarts"] == 1 and st["restartGeneration"] == 1
+        assert census.reads > 50 and census.most == 2 and census.most_in_a_slot == 1
+        # The node's pod did not wait for the pod garbage collector: it went with the node.
+        assert victim.metadata.name not in {p.metadata.name for p in jobs.pods(core, namespace,
+                                                                             "ddp")}  # fmt: skip
+        with capsys.disabled():
+            print(
+                f"\n[recovery] node {node} removed: noticed (job Restarting) after "
+                f"{noticed:.1f}s, training again after {recovered:.1f}s"
+            )
+    finally:
+        cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)
 
 
 def test_slow_link_fails_the_preflight_at_once_and_names_it(

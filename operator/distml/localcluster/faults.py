@@ -5,6 +5,8 @@ The KWOK stages in kwok-stages.yaml act on the annotations set here."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 from distml.localcluster.cluster import LocalCluster, process_node_index
 from distml.localcluster.nodes import BLOCK_LABEL, SIMULATED_LABEL
@@ -68,6 +70,18 @@ def node_up(c: LocalCluster, node: str) -> None:
 
 def node_remove(c: LocalCluster, node: str) -> None:
     """The Node object is deleted, as when a cloud instance is terminated."""
+    c.kubectl("delete", f"node/{node}", "--wait=false")
+
+
+def process_node_gone(c: LocalCluster, node: str) -> None:
+    """A process node's machine is gone at once, as when its instance is terminated: its agent
+    (the kubelet) and every process on it (its pods, its kube-proxy) die by SIGKILL, and its
+    Node object is deleted, as the cloud's node controller does. `c.sync_process_nodes` brings
+    a node of that name back, empty, as a replacement machine joins."""
+    index = process_node_index(node)
+    if (agent := c.process_agents().get(index)) is not None:
+        os.kill(agent, signal.SIGKILL)
+    network.kill_all(c.node_network().node(index))
     c.kubectl("delete", f"node/{node}", "--wait=false")
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterable
@@ -263,6 +264,24 @@ def is_cut(net: NodeNet) -> bool:
     except OSError:
         return True
     return not int(flags, 16) & 0x1  # IFF_UP
+
+
+def kill_all(net: NodeNet, rounds: int = 20) -> int:
+    """SIGKILLs every process in the node's namespace (its pods' processes, its kube-proxy), as
+    when the machine is switched off; again until none is left (one may fork in between).
+    Returns how many it killed."""
+    killed = 0
+    for _ in range(rounds):
+        pids = [int(p) for p in _run("ip", "netns", "pids", net.netns, check=False).stdout.split()]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def teardown(net: NodeNet) -> None:
