@@ -91,7 +91,10 @@ def worker_env(
         # A new id per restart generation, so torchrun's rendezvous starts clean.
         "PET_RDZV_ID": f"{meta['uid']}-{generation}",
         "PET_MAX_RESTARTS": str(spec.elastic.max_restarts if spec.elastic else 0),
-        "PET_RDZV_CONF": RDZV_CONF,
+        # Slot 0's pod hosts the rendezvous store, said outright: a pod that guesses from its
+        # address guesses wrong where pods share one (host networking, process nodes), and in
+        # an elastic group the others wait for the store's new host when slot 0 is replaced.
+        "PET_RDZV_CONF": f"{RDZV_CONF},is_host={'true' if rank == 0 else 'false'}",
         "MASTER_ADDR": master,
         "MASTER_PORT": str(DEFAULT_MASTER_PORT),
         "WORLD_SIZE": str(spec.replicas * nproc),

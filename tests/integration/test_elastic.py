@@ -195,6 +195,44 @@ def test_a_node_removed_shrinks_the_job_and_it_grows_back_when_a_node_joins(
         )
 
 
+def test_the_rendezvous_hosts_node_removed_its_slot_moves_and_the_group_meets_again(
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
+):
+    """Slot 0's pod hosts the rendezvous store: with a spare node its replacement goes there,
+    the other pod's launcher joins the new store, and nothing restarts."""
+    path, _folder = checkpoints
+    body = ddp_job("host", path, steps=1200, delay=0.1, replicas=2, peerTimeoutSeconds=5)
+    body["spec"]["elastic"] = {"minReplicas": 1, "maxReplicas": 2}
+    jobs.create(custom, namespace, body)
+    jobs.wait_phase(custom, namespace, "host", "Running", timeout=240)
+    training(core, namespace, "host", 2)
+    (victim,) = [p for p in jobs.pods(core, namespace, "host") if p.metadata.name.endswith("-0-0")]
+    node = victim.spec.node_name
+    try:
+        with Census(core, namespace, "host") as census:
+            gone_at = time.time()
+            faults.process_node_gone(cluster, node)
+            (back,) = wait_for(
+                "training at 2 again",
+                lambda: resumed_at(core, namespace, "host", 2, gone_at),
+                timeout=180,
+                every=1,
+            )
+            assert back["step"] >= 10  # from a checkpoint, not from scratch
+            live = jobs.live_pods(core, namespace, "host")
+            assert sorted(p.metadata.name for p in live) == ["host-worker-0-0", "host-worker-1-0"]
+            assert node not in {p.spec.node_name for p in live}
+            st = jobs.wait_phase(custom, namespace, "host", "Succeeded", timeout=400)
+        assert st["restarts"] == 0 and st["restartGeneration"] == 0
+        assert [h[2] for h in history(custom, namespace, "host")][-1] == "Replaced"
+        assert census.reads > 100 and census.most <= 2 and census.most_in_a_slot == 1
+        with capsys.disabled():
+            print(f"\n[elastic] rendezvous host's node removed: training at 2 again after "
+                  f"{back['time'] - gone_at:.1f}s (slot 0 moved to the spare node)")  # fmt: skip
+    finally:
+        cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)
+
+
 def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in_its_pod(
     process_nodes, operator, core, custom, namespace, checkpoints
 ):

@@ -52,7 +52,9 @@ class Group:
             "PET_RDZV_ENDPOINT": f"127.0.0.1:{self.port}",
             "PET_RDZV_ID": "elastic-test",
             "PET_MAX_RESTARTS": "0",
-            "PET_RDZV_CONF": "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=3",
+            # Launcher 0 hosts the rendezvous store, as the operator tells the pod of slot 0.
+            "PET_RDZV_CONF": "last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=3,"
+            f"is_host={'true' if i == 0 else 'false'}",
             "GLOO_SOCKET_IFNAME": "lo",
             "OMP_NUM_THREADS": "1",
             "DISTML_PEER_TIMEOUT_SECONDS": str(self.peer_timeout),
@@ -141,8 +143,14 @@ def _start_three(g: Group) -> None:
     ), timeout=180)  # fmt: skip
 
 
-def _resumes(g: Group, world: int) -> list[dict]:
-    return [e for e in g.events(0) if e["event"] == "resume" and e["world_size"] == world]
+def _all_events(g: Group) -> list[dict]:
+    return sorted((e for i in g.procs for e in g.events(i)), key=lambda e: e["time"])
+
+
+def _resumes(g: Group, world: int, every: bool = False) -> list[dict]:
+    """Rank 0's resumes at `world` ranks: launcher 0's, or (every) any launcher's."""
+    seen = _all_events(g) if every else g.events(0)
+    return [e for e in seen if e["event"] == "resume" and e["world_size"] == world]
 
 
 def test_group_shrinks_without_a_killed_agent_and_grows_back_with_no_restart(tmp_path, capsys):
@@ -185,6 +193,41 @@ def test_group_shrinks_without_a_killed_agent_and_grows_back_with_no_restart(tmp
                 f"\n[elastic] agent killed -> training at 2: {back[0]['time'] - killed_at:.1f}s; "
                 f"agent added -> training at 3: {grown['time'] - grown_at:.1f}s (resume)"
             )
+    finally:
+        g.stop()
+
+
+def test_the_rendezvous_host_lost_and_replaced_is_met_again_with_no_restart(tmp_path, capsys):
+    g = Group(tmp_path, steps=700)
+    try:
+        _start_three(g)
+        worker = g.worker(0)
+        lost_at = time.time()
+        os.kill(g.procs[0].pid, signal.SIGKILL)  # the pod of slot 0, the store's host
+        os.kill(worker, signal.SIGKILL)
+        g.alive.discard(0)
+        for i in (1, 2):
+            g.wait(f"launcher {i} to look for the store's new host",
+                   lambda i=i: "joining its host's replacement" in g.log(i))  # fmt: skip
+        g.start(0)  # its replacement, at the same address
+        g.alive.add(0)
+        # Rank 0 is now whichever launcher the new round ranked first: read them all.
+        (back,) = g.wait("the group to resume at 3", lambda: _resumes(g, 3, every=True),
+                         timeout=120)  # fmt: skip
+        assert back["step"] >= 10  # from a checkpoint, not from scratch
+        step = g.wait("a step at 3", lambda: [
+            e for e in _all_events(g) if e["event"] == "step" and e["time"] > back["time"]
+        ])  # fmt: skip
+        for i in (1, 2):  # the survivors never ended, and spent no restart (there were none)
+            assert g.procs[i].poll() is None
+        done = g.wait("the end", lambda: [e for e in _all_events(g) if e["event"] == "done"],
+                      timeout=300)  # fmt: skip
+        assert done[0]["world_size"] == 3 and done[0]["step"] == 700
+        for i in (0, 1, 2):
+            assert g.procs[i].wait(timeout=60) == 0, _failure(g.log(i))
+        with capsys.disabled():
+            print(f"\n[elastic] rendezvous host lost, replaced: training at 3 after "
+                  f"{step[0]['time'] - lost_at:.1f}s")  # fmt: skip
     finally:
         g.stop()
 

@@ -46,7 +46,7 @@ spec:
     - {name: PET_RDZV_ID, value: uid-1-2}
     - {name: PET_MAX_RESTARTS, value: "0"}
     - {name: PET_RDZV_CONF, value: "last_call_timeout=2,keep_alive_interval=1,\
-keep_alive_max_attempt=3"}
+keep_alive_max_attempt=3,is_host=false"}
     - {name: MASTER_ADDR, value: llm-0.llm.team.svc.cluster.local}
     - {name: MASTER_PORT, value: "29500"}
     - {name: WORLD_SIZE, value: "16"}

@@ -761,11 +761,39 @@ def test_elastic_policy_grows_onto_the_lost_pods_node_when_it_has_room():
         ),
     ),
     (
-        "slot 0 (the rendezvous host) lost: the group restarts",
+        "slot 0 (the rendezvous host) lost with room for its replacement: a resize",
         Case(
             elastic_job(workers=3),
             pods=elastic_pods(3, {0: lambda b: b.exited(137)}),
+            expect={
+                "phase": ("Running", "Running"),
+                "delete": ["llm-worker-0-0"],
+                "requeue": 1.0,
+                "status": {"workers": 2, "resizes": 1},
+            },
+        ),
+    ),
+    (
+        "slot 0's node gone and no room for its replacement: the group restarts",
+        Case(
+            elastic_job(workers=3),
+            pods=elastic_pods(3),
+            cluster=[make_node("n1"), make_node("n2")],
             expect=None,
+        ),
+    ),
+    (
+        "slot 0's node gone and a spare free: the host's replacement goes there",
+        Case(
+            elastic_job(workers=3),
+            pods=elastic_pods(3),
+            cluster=[make_node("n1"), make_node("n2"), make_node("n3")],
+            expect={
+                "phase": ("Running", "Running"),
+                "delete": ["llm-worker-0-0"],
+                "requeue": 1.0,
+                "status": {"workers": 2, "resizes": 1},
+            },
         ),
     ),
     (

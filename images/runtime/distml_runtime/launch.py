@@ -23,6 +23,9 @@ PET_MAX_RESTARTS); without them it runs standalone on this host. On top of torch
   max restarts, at most DISTML_MAX_MEMBERSHIP_CHANGES times (default 1000); a group of fixed
   size ends with 76 instead, for the operator to restart it elsewhere;
 - leaves the rendezvous open when its own workers failed for good, so its peers can go on;
+- in an elastic group, outlives the pod that hosts the rendezvous store (slot 0, told so by
+  is_host in PET_RDZV_CONF): when the store goes with its pod, a new agent joins the store its
+  replacement brings up under the same name (HostLoss), instead of ending this pod;
 - gives every rendezvous round a fresh store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE): ranks of a
   new round must never read the addresses the ranks of an earlier one left in a shared store;
 - orders the group's node ranks by the pod's own rank (PET_NODE_RANK, which the operator sets):
@@ -93,7 +96,8 @@ def elastic_agent() -> type[Any]:
         def _rendezvous(self, worker_group: Any) -> None:
             super()._rendezvous(worker_group)
             if self.gauges is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-                self.gauges = GroupGauges()
+                # One set for the launcher's life: a new agent after a host loss shares it.
+                type(self).gauges = GroupGauges()
             if self.gauges is not None:
                 first_max = worker_group.spec.max_restarts - self.membership_changes
                 self.gauges.set(worker_group.group_world_size,
@@ -230,6 +234,45 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+class HostLoss:
+    """In an elastic group, a pod that does not host the rendezvous store outlives the one that
+    does: when the store goes (its pod was lost), this pod's agent fails to reach it, and the
+    launcher starts a new agent that joins the store the host's replacement brings up, under
+    the same name, instead of ending the pod. The workers resume from the newest checkpoint,
+    as after any change of membership. It gives up (exit 75, the operator restarts the group)
+    after DISTML_HOST_LOSS_SECONDS (default 120) without reaching a store; the operator replaces
+    slot 0 only where the ledger has room at once, and restarts the group otherwise."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        conf = dict(kv.split("=", 1) for kv in env.get("PET_RDZV_CONF", "").split(",") if "=" in kv)
+        self.enabled = elastic_group(env.get("PET_NNODES", "1")) and conf.get(
+            "is_host", ""
+        ).lower() in ("false", "0", "no")
+        self.seconds = float(env.get("DISTML_HOST_LOSS_SECONDS", "120"))
+        self.since = self.last = 0.0
+
+    def again(self, err: BaseException) -> bool:
+        """Whether to start a new agent after `err`, having waited a moment."""
+        import time
+
+        if not self.enabled:
+            return False
+        now = time.monotonic()
+        if now - self.last > 30:  # the agent before ran a while: a new loss, a new wait
+            self.since = now
+        self.last = now
+        if now - self.since > self.seconds:
+            return False
+        print(
+            f"[distml launch] the rendezvous store is gone ({err}); joining its host's "
+            "replacement (a change of membership, not a restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(1.0)
+        return True
+
+
 def serve_metrics(port: int) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -264,15 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed.launcher.api as launcher_api
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousError
     from torch.distributed.run import parse_args, run
 
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if os.environ.get("PET_NODE_RANK", "").isdigit():
         order_node_ranks(int(os.environ["PET_NODE_RANK"]))
     setattr(launcher_api, "LocalElasticAgent", elastic_agent())  # noqa: B010 (the agent launch_agent makes)
+    rejoin = HostLoss(dict(os.environ))
     try:
-        run(parse_args(torchrun_argv(command, dict(os.environ))))
+        while True:
+            try:
+                run(parse_args(torchrun_argv(command, dict(os.environ))))
+                break
+            except RendezvousConnectionError as err:
+                if not rejoin.again(err):
+                    raise
     except ChildFailedError as err:
         failures = {rank: f.exitcode for rank, f in err.failures.items()}
         code = exit_code_for(failures)

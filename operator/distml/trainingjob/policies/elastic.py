@@ -10,9 +10,14 @@ same way, or stops its highest slots (they leave through SIGTERM, so every rank 
 first). Every change of size is a Resize in status, an Event and a metric; none counts against
 backoffLimit.
 
+Slot 0's pod hosts the rendezvous store. When it is lost, the others' launchers wait for the
+store's new host under the same name (distml_runtime.launch.HostLoss), so slot 0 is replaced
+like any other slot, as long as the ledger has room for it now; without room the group cannot
+meet at all, and restarts.
+
 What this policy leaves to the others: a group that has not run yet (gang start is all or
 nothing), an application error (the restart policy decides), fewer than minReplicas left, and
-slot 0 lost (its pod hosts the rendezvous: the group restarts, a failure).
+slot 0 lost with no room for its replacement.
 """
 
 from __future__ import annotations
@@ -80,8 +85,12 @@ def decide(o: Observation) -> Outcome | None:
     if any(o.held(p) for p in cur):
         return None  # nodes NotReady in an outage, or not silent long enough: wait and see
     lost = {p["metadata"]["name"]: f for p in cur if (f := lost_pod(o, p)) is not None}
-    if any(not _resizable(o, f) for f in lost.values()) or any(f.rank == 0 for f in lost.values()):
-        return None  # an application error, or the rendezvous host: the failed policy decides
+    if any(not _resizable(o, f) for f in lost.values()):
+        return None  # an application error: the failed policy decides
+    target = o.spec.replicas
+    nodes = list(adm.nodes) + [""] * max(target - len(adm.nodes), 0)
+    if any(f.rank == 0 for f in lost.values()) and not _place(o, [0], nodes):
+        return None  # the rendezvous host, and no room for its replacement: the group restarts
     live = [
         p for p in cur
         if not podstate.is_terminal(p) and not podstate.is_deleting(p)
@@ -94,7 +103,6 @@ def decide(o: Observation) -> Outcome | None:
         )
     if len(live) < el.min_replicas:
         return None  # too few to go on: the group restarts (failed, missing)
-    target = o.spec.replicas
     leaving = [p for p in live if podstate.rank(p) >= target]  # scaled down
     staying = [p for p in live if podstate.rank(p) < target]
     delete = [
@@ -104,7 +112,6 @@ def decide(o: Observation) -> Outcome | None:
     # The slots with no pod at all (a lost pod's name is free once it is gone) get one.
     taken = {podstate.rank(p) for p in cur}
     vacant = [] if finished else [r for r in range(target) if r not in taken]
-    nodes = list(adm.nodes) + [""] * max(target - len(adm.nodes), 0)
     create: list[Obj] = []
     waiting = 0
     if vacant:
