@@ -60,6 +60,22 @@ def training(core, ns: str, job: str, world: int) -> None:
     )
 
 
+def grows_back_and_succeeds(core, custom, ns: str, job: str, since: float, shrunk: dict):
+    """After a shrink to 2: training at 3 again after `since`, from no earlier a step than the
+    shrink's, recorded as Replaced; then Succeeded with no restart and two resizes. Returns
+    the resume at 3."""
+    (grown,) = wait_for(
+        "training at 3 again", lambda: resumed_at(core, ns, job, 3, since), timeout=240, every=1
+    )
+    assert grown["step"] >= shrunk["step"]
+    wait_for(
+        "the grow in status", lambda: (2, 3, "Replaced") in history(custom, ns, job), timeout=60
+    )
+    st = jobs.wait_phase(custom, ns, job, "Succeeded", timeout=400)
+    assert st["restarts"] == 0 and st["restartGeneration"] == 0 and st["resizes"] == 2
+    return grown
+
+
 def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
@@ -110,20 +126,7 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     finally:
         faults.node_cut(cluster, node, off=False)
     back_at = time.time()
-    (grown,) = wait_for(
-        "training at 3 again",
-        lambda: resumed_at(core, namespace, "el", 3, back_at),
-        timeout=240,
-        every=1,
-    )
-    assert grown["step"] >= shrunk["step"]
-    wait_for(
-        "the grow in status",
-        lambda: (2, 3, "Replaced") in history(custom, namespace, "el"),
-        timeout=60,
-    )
-    st = jobs.wait_phase(custom, namespace, "el", "Succeeded", timeout=400)
-    assert st["restarts"] == 0 and st["restartGeneration"] == 0 and st["resizes"] == 2
+    grown = grows_back_and_succeeds(core, custom, namespace, "el", back_at, shrunk)
     assert [e["world_size"] for e in rank0_events(core, namespace, "el") if e["event"] == "done"]
     with capsys.disabled():
         print(
@@ -173,20 +176,7 @@ def test_a_node_removed_shrinks_the_job_and_it_grows_back_when_a_node_joins(
         )  # fmt: skip
         back_at = time.time()
         cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)  # a machine joins
-        (grown,) = wait_for(
-            "training at 3 again",
-            lambda: resumed_at(core, namespace, "gone", 3, back_at),
-            timeout=240,
-            every=1,
-        )
-        assert grown["step"] >= shrunk["step"]
-        wait_for(
-            "the grow in status",
-            lambda: (2, 3, "Replaced") in history(custom, namespace, "gone"),
-            timeout=60,
-        )
-        st = jobs.wait_phase(custom, namespace, "gone", "Succeeded", timeout=400)
-    assert st["restarts"] == 0 and st["restartGeneration"] == 0 and st["resizes"] == 2
+        grown = grows_back_and_succeeds(core, custom, namespace, "gone", back_at, shrunk)
     assert census.reads > 100 and census.most <= 3 and census.most_in_a_slot == 1
     with capsys.disabled():
         print(

@@ -87,13 +87,18 @@ def test_worker_killed_mid_training_restarts_and_resumes_from_its_checkpoint(
     }
 
 
+def _rank1_after_a_checkpoint(core, custom, namespace: str, path: str, folder) -> client.V1Pod:
+    """A 2-pod job `ddp` (peer timeout 5 s) once it has written a checkpoint: its rank 1 pod."""
+    jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5))
+    wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
+    return next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
+
+
 def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, folder = checkpoints
-    jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5))
-    wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
-    victim = next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
+    victim = _rank1_after_a_checkpoint(core, custom, namespace, path, folder)
     node = victim.spec.node_name
     t0 = time.monotonic()
     faults.node_cut(cluster, node)
@@ -133,9 +138,7 @@ def test_node_removed_mid_training_moves_the_job_to_the_spare_node(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, folder = checkpoints
-    jobs.create(custom, namespace, ddp_job("ddp", path, steps=150, delay=0.1, peerTimeoutSeconds=5))
-    wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
-    victim = next(p for p in jobs.pods(core, namespace, "ddp") if p.metadata.name.endswith("-1-0"))
+    victim = _rank1_after_a_checkpoint(core, custom, namespace, path, folder)
     node = victim.spec.node_name
     try:
         with Census(core, namespace, "ddp") as census:
