@@ -223,6 +223,59 @@ def test_the_rendezvous_hosts_node_removed_its_slot_moves_and_the_group_meets_ag
         cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)
 
 
+def test_the_rendezvous_hosts_node_removed_with_no_spare_the_highest_slot_gives_it_its_node(
+    cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
+):
+    path, _folder = checkpoints
+    jobs.create(custom, namespace, elastic_job("nospare", path, steps=1500))
+    jobs.wait_phase(custom, namespace, "nospare", "Running", timeout=240)
+    training(core, namespace, "nospare", 3)
+    was = {p.metadata.name: p.spec.node_name for p in jobs.pods(core, namespace, "nospare")}
+    node = was["nospare-worker-0-0"]
+    with Census(core, namespace, "nospare") as census:
+        gone_at = time.time()
+        faults.process_node_gone(cluster, node)
+        (back,) = wait_for(
+            "training at 2 again",
+            lambda: resumed_at(core, namespace, "nospare", 2, gone_at),
+            timeout=180,
+            every=1,
+        )
+        assert back["step"] >= 10  # from a checkpoint, not from scratch
+        # Slot 0, the store's host, came back on slot 2's node; slot 2 waits for capacity.
+        live = {p.metadata.name: p.spec.node_name for p in jobs.live_pods(core, namespace,
+                                                                           "nospare")}  # fmt: skip
+        assert live == {
+            "nospare-worker-0-0": was["nospare-worker-2-0"],
+            "nospare-worker-1-0": was["nospare-worker-1-0"],
+        }
+        st = jobs.wait_reporting(
+            custom, namespace, "nospare", "the job to wait for capacity",
+            lambda: (s := jobs.status(custom, namespace, "nospare")).get("reason")
+            == "WaitingForCapacity" and s.get("workers") == 2 and s,
+            timeout=60,
+        )  # fmt: skip
+        assert st["phase"] == "Running" and st["restarts"] == 0
+        back_at = time.time()
+        cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)  # a machine joins
+        (grown,) = wait_for(
+            "training at 3 again",
+            lambda: resumed_at(core, namespace, "nospare", 3, back_at),
+            timeout=240,
+            every=1,
+        )
+        st = jobs.wait_phase(custom, namespace, "nospare", "Succeeded", timeout=400)
+    assert st["restarts"] == 0 and st["restartGeneration"] == 0
+    assert [h[2] for h in history(custom, namespace, "nospare")][-1] == "Replaced"
+    assert census.reads > 100 and census.most <= 3 and census.most_in_a_slot == 1
+    with capsys.disabled():
+        print(
+            f"\n[elastic] rendezvous host's node removed, no spare: training at 2 again after "
+            f"{back['time'] - gone_at:.1f}s (slot 0 on slot 2's node); a node joined: training "
+            f"at 3 after {grown['time'] - back_at:.1f}s"
+        )
+
+
 def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in_its_pod(
     process_nodes, operator, core, custom, namespace, checkpoints
 ):

@@ -774,11 +774,25 @@ def test_elastic_policy_grows_onto_the_lost_pods_node_when_it_has_room():
         ),
     ),
     (
-        "slot 0's node gone and no room for its replacement: the group restarts",
+        "slot 0's node gone and no room for its replacement: the highest slot gives it its node",
         Case(
             elastic_job(workers=3),
             pods=elastic_pods(3),
             cluster=[make_node("n1"), make_node("n2")],
+            expect={
+                "phase": ("Running", "Running"),
+                "delete": ["llm-worker-0-0", "llm-worker-2-0"],
+                "requeue": 1.0,
+                "status": {"workers": 1, "resizes": 1},
+            },
+        ),
+    ),
+    (
+        "slot 0's node gone, no room, and no other slot running to give it one: restarts",
+        Case(
+            elastic_job(n=2, lo=1, workers=2),
+            pods=[make_pod("llm", 0).running().obj(), make_pod("llm", 1).obj()],
+            cluster=[make_node("n1")],
             expect=None,
         ),
     ),
@@ -815,6 +829,41 @@ def test_elastic_policy_grows_onto_the_lost_pods_node_when_it_has_room():
 )
 def test_elastic(case):
     check("elastic", case)
+
+
+def test_elastic_host_replacement_takes_the_donors_node_and_the_donors_slot_waits():
+    """Slot 0 lost with no room: slot 2 gives its node; once both are gone, slot 0 comes back
+    there (its store is what the others wait for), and slot 2 waits for capacity."""
+    out = decide("elastic", Case(elastic_job(workers=3), pods=elastic_pods(3),
+                                 cluster=[make_node("n1"), make_node("n2")]))  # fmt: skip
+    assert out.status["admission"].nodes == ["n2", "n1", ""]
+    job = elastic_job(workers=1, resizes=1)
+    job["status"]["admission"]["nodes"] = ["n2", "n1", ""]
+    pods = [make_pod("llm", 1).running().obj()]
+    out = decide("elastic", Case(job, pods=pods, cluster=[make_node("n1"), make_node("n2")]))
+    assert [p["metadata"]["name"] for p in out.create if p["kind"] == "Pod"] == ["llm-worker-0-0"]
+    assert out.status["admission"].nodes == ["n2", "n1", ""]
+    assert out.phase.reason == "WaitingForCapacity"  # slot 2, on no node yet
+
+
+@pytest.mark.parametrize(
+    "before, grown_to, reason",
+    [
+        ([("NodeLost", 3, 2)], 3, "Replaced"),
+        ([("NodeLost", 3, 1), ("Replaced", 1, 2)], 3, "Replaced"),  # back in two steps
+        ([("NodeLost", 3, 2), ("Replaced", 2, 3)], 4, "ScaledUp"),  # past the size it had
+        ([("ScaledDown", 3, 2)], 3, "ScaledUp"),
+        ([], 3, "ScaledUp"),
+    ],
+)
+def test_elastic_grow_reason(before, grown_to, reason):
+    history = [{"time": stamp(0), "fromReplicas": a, "toReplicas": b, "reason": r}
+               for r, a, b in before]  # fmt: skip
+    workers = before[-1][2] if before else 2
+    job = elastic_job(n=grown_to, workers=workers, resizes=len(before), resizeHistory=history)
+    out = decide("elastic", Case(job, pods=elastic_pods(grown_to)))
+    last = out.status["resize_history"][-1]
+    assert (last.from_replicas, last.to_replicas, last.reason) == (workers, grown_to, reason)
 
 
 def test_elastic_grow_is_recorded_once_the_new_pod_runs():

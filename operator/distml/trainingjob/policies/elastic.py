@@ -12,12 +12,13 @@ backoffLimit.
 
 Slot 0's pod hosts the rendezvous store. When it is lost, the others' launchers wait for the
 store's new host under the same name (distml_runtime.launch.HostLoss), so slot 0 is replaced
-like any other slot, as long as the ledger has room for it now; without room the group cannot
-meet at all, and restarts.
+like any other slot. Where the ledger has no room for it, the highest slot of the group gives
+up its node to it (through SIGTERM, as a scale-down): without its store the group cannot meet
+at all, with one rank fewer it can. Its own slot then waits for capacity like any other.
 
 What this policy leaves to the others: a group that has not run yet (gang start is all or
-nothing), an application error (the restart policy decides), fewer than minReplicas left, and
-slot 0 lost with no room for its replacement.
+nothing), an application error (the restart policy decides), fewer than minReplicas left
+(slot 0's replacement counted), and slot 0 lost with no other slot to give it a node.
 """
 
 from __future__ import annotations
@@ -89,25 +90,35 @@ def decide(o: Observation) -> Outcome | None:
         return None  # an application error: the failed policy decides
     target = o.spec.replicas
     nodes = list(adm.nodes) + [""] * max(target - len(adm.nodes), 0)
-    if any(f.rank == 0 for f in lost.values()) and not _place(o, [0], nodes):
-        return None  # the rendezvous host, and no room for its replacement: the group restarts
     live = [
         p for p in cur
         if not podstate.is_terminal(p) and not podstate.is_deleting(p)
         and p["metadata"]["name"] not in lost
     ]  # fmt: skip
+    host_lost = any(f.rank == 0 for f in lost.values())
+    donor = None
+    if host_lost and not _place(o, [0], nodes):
+        # No room for the rendezvous host's replacement: the highest slot of the group gives
+        # it its node (without its store the group cannot meet at all; one rank fewer can).
+        donor = _donor(o, live, target)
+        if donor is None:
+            return None  # nothing to give it: the group restarts
+        nodes[0], nodes[podstate.rank(donor)] = podstate.node_name(donor), ""
+        live.remove(donor)
     finished = o.in_phase("Succeeded")
     if finished and not live:
         return actions.finish(
             o, Phase.SUCCEEDED, "Succeeded", f"the {len(finished)} workers exited 0"
         )
-    if len(live) < el.min_replicas:
+    # Slot 0 being replaced counts: the others wait for it (the store is its).
+    host_coming = host_lost or (target > 0 and all(podstate.rank(p) != 0 for p in cur))
+    if len(live) + host_coming < el.min_replicas:
         return None  # too few to go on: the group restarts (failed, missing)
     leaving = [p for p in live if podstate.rank(p) >= target]  # scaled down
     staying = [p for p in live if podstate.rank(p) < target]
     delete = [
         *actions.deletions(o, [p for p in cur if p["metadata"]["name"] in lost]),
-        *(PodDeletion(p["metadata"]["name"]) for p in leaving),
+        *(PodDeletion(p["metadata"]["name"]) for p in [*leaving, *([donor] if donor else [])]),
     ]
     # The slots with no pod at all (a lost pod's name is free once it is gone) get one.
     taken = {podstate.rank(p) for p in cur}
@@ -181,6 +192,17 @@ def decide(o: Observation) -> Outcome | None:
     )
 
 
+def _donor(o: Observation, live: list[Obj], target: int) -> Obj | None:
+    """The pod that gives its node to slot 0's replacement: the highest slot of the group that
+    runs on a usable node; None when there is none."""
+    able = [
+        p for p in live
+        if 0 < podstate.rank(p) < target and podstate.phase(p) == "Running"
+        and podstate.node_name(p) in o.nodes and not o.node_dead(p)
+    ]  # fmt: skip
+    return max(able, key=podstate.rank, default=None)
+
+
 def _place(o: Observation, vacant: list[int], nodes: list[str]) -> list[str]:
     """Nodes for the vacant slots, as many as fit; CPU-only slots go anywhere (""). First
     where the lost pods ran, then in their network blocks, then wherever there is room."""
@@ -251,9 +273,7 @@ def _resizes(
             reason, why = "PodLost", "a worker stopped running"
     else:
         direction = "grow"
-        # Growing back after a loss, or toward a larger spec.replicas.
-        after_loss = bool(history) and history[-1].reason in LOSSES
-        reason = "Replaced" if after_loss else "ScaledUp"
+        reason = _grow_reason(history, running)
         why = f"spec.replicas is {o.spec.replicas}"
     message = f"{before} -> {running} workers: {why}"
     history = [*history, Resize(time=o.stamp, from_replicas=before, to_replicas=running,
@@ -261,3 +281,14 @@ def _resizes(
     event_type = "Warning" if direction == "shrink" and reason != "ScaledDown" else "Normal"
     label = "Shrunk" if direction == "shrink" else "Grown"
     return history, [Event(event_type, label, f"{reason}: {message}")], [(direction, reason)]
+
+
+def _grow_reason(history: list[Resize], size: int) -> str:
+    """`Replaced` while the group grows back toward the size it had before its latest loss
+    (in one step or several), `ScaledUp` past it or after a scale."""
+    for resize in reversed(history):
+        if resize.reason in LOSSES:
+            return "Replaced" if size <= resize.from_replicas else "ScaledUp"
+        if resize.reason != "Replaced":
+            break
+    return "ScaledUp"
