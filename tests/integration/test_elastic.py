@@ -85,48 +85,50 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     training(core, namespace, "el", 3)
     victim = next(p for p in jobs.pods(core, namespace, "el") if p.metadata.name == "el-worker-2-0")
     node = victim.spec.node_name
-    cut_at = time.time()
-    faults.node_cut(cluster, node)
-    try:
-        # The ranks find the silent peer (peerTimeoutSeconds 5) and go on without it.
-        (shrunk,) = wait_for(
-            "training without the cut-off node",
-            lambda: resumed_at(core, namespace, "el", 2, cut_at),
-            timeout=120,
-            every=1,
-        )
-        assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
-        # The operator hears it from the ranks (their launchers' group size), while the node
-        # controller still calls the node Ready.
-        wait_for(
-            "the shrink in status",
-            lambda: (3, 2, "LeftGroup") in history(custom, namespace, "el"),
-            timeout=60,
-        )
-        (left,) = [r for r in jobs.status(custom, namespace, "el")["resizeHistory"]
-                   if r["reason"] == "LeftGroup"]  # fmt: skip
-        recorded = parse_time(left["time"]).timestamp() - cut_at  # the operator's own clock
-        ready = next(c for c in core.read_node(node).status.conditions if c.type == "Ready")
-        if ready.status != "True":  # the node controller has spoken since: it was not first
-            assert parse_time(left["time"]) <= ready.last_transition_time, (left, ready)
-        assert "without el-worker-2-0" in left["message"]
-        # Once the node counts as lost its pod goes: no restart, no spare node.
-        st = jobs.wait_reporting(
-            custom, namespace, "el", "the job to wait for capacity",
-            lambda: (s := jobs.status(custom, namespace, "el")).get("reason")
-            == "WaitingForCapacity" and s,
-            timeout=150,
-        )  # fmt: skip
-        waiting = next(c for c in st["conditions"] if c["type"] == "WaitingForCapacity")
-        noticed = parse_time(waiting["lastTransitionTime"]).timestamp() - cut_at
-        assert st["phase"] == "Running" and st["restarts"] == 0 and st["restartGeneration"] == 0
-        assert [h[2] for h in history(custom, namespace, "el")] == ["LeftGroup"]  # one shrink
-        assert "waiting for capacity for 1 x 2 nvidia.com/gpu" in st["message"]
-        jobs.reasons_once(core, namespace, "el", "Shrunk")
-    finally:
-        faults.node_cut(cluster, node, off=False)
-    back_at = time.time()
-    grown = grows_back_and_succeeds(core, custom, namespace, "el", back_at, shrunk)
+    with Census(core, namespace, "el") as census:
+        cut_at = time.time()
+        faults.node_cut(cluster, node)
+        try:
+            # The ranks find the silent peer (peerTimeoutSeconds 5) and go on without it.
+            (shrunk,) = wait_for(
+                "training without the cut-off node",
+                lambda: resumed_at(core, namespace, "el", 2, cut_at),
+                timeout=120,
+                every=1,
+            )
+            assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
+            # The operator hears it from the ranks (their launchers' group size), while the node
+            # controller still calls the node Ready.
+            wait_for(
+                "the shrink in status",
+                lambda: (3, 2, "LeftGroup") in history(custom, namespace, "el"),
+                timeout=60,
+            )
+            (left,) = [r for r in jobs.status(custom, namespace, "el")["resizeHistory"]
+                       if r["reason"] == "LeftGroup"]  # fmt: skip
+            recorded = parse_time(left["time"]).timestamp() - cut_at  # the operator's own clock
+            ready = next(c for c in core.read_node(node).status.conditions if c.type == "Ready")
+            if ready.status != "True":  # the node controller has spoken since: it was not first
+                assert parse_time(left["time"]) <= ready.last_transition_time, (left, ready)
+            assert "without el-worker-2-0" in left["message"]
+            # Once the node counts as lost its pod goes: no restart, no spare node.
+            st = jobs.wait_reporting(
+                custom, namespace, "el", "the job to wait for capacity",
+                lambda: (s := jobs.status(custom, namespace, "el")).get("reason")
+                == "WaitingForCapacity" and s,
+                timeout=150,
+            )  # fmt: skip
+            waiting = next(c for c in st["conditions"] if c["type"] == "WaitingForCapacity")
+            noticed = parse_time(waiting["lastTransitionTime"]).timestamp() - cut_at
+            assert st["phase"] == "Running" and st["restarts"] == 0 and st["restartGeneration"] == 0
+            assert [h[2] for h in history(custom, namespace, "el")] == ["LeftGroup"]  # one shrink
+            assert "waiting for capacity for 1 x 2 nvidia.com/gpu" in st["message"]
+            jobs.reasons_once(core, namespace, "el", "Shrunk")
+        finally:
+            faults.node_cut(cluster, node, off=False)
+        back_at = time.time()
+        grown = grows_back_and_succeeds(core, custom, namespace, "el", back_at, shrunk)
+    assert census.reads > 100 and census.most <= 3 and census.most_in_a_slot == 1
     assert [e["world_size"] for e in rank0_events(core, namespace, "el") if e["event"] == "done"]
     with capsys.disabled():
         print(

@@ -68,10 +68,11 @@ def test_worker_killed_mid_training_restarts_and_resumes_from_its_checkpoint(
     before = _restarts_metric(operator)
     jobs.create(custom, namespace, ddp_job("ddp", path, steps=80, delay=0.1))
     wait_for("a checkpoint", lambda: list(folder.glob("step-*.pt")), timeout=180)
-    os.kill(training_pid(folder), signal.SIGKILL)
-
-    st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
+    with Census(core, namespace, "ddp") as census:
+        os.kill(training_pid(folder), signal.SIGKILL)
+        st = jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
     assert st["restarts"] == 1 and st["restartGeneration"] == 1
+    assert census.reads > 20 and census.most == 2 and census.most_in_a_slot == 1
     reasons = jobs.reasons_once(core, namespace, "ddp", "Succeeded")
     assert "WorkerFailed" in reasons and reasons[-1] == "Succeeded"
     failed = core.list_namespaced_event(namespace, field_selector="reason=WorkerFailed").items
@@ -100,36 +101,38 @@ def test_node_cut_off_mid_training_recovers_on_the_remaining_nodes(
     path, folder = checkpoints
     victim = _rank1_after_a_checkpoint(core, custom, namespace, path, folder)
     node = victim.spec.node_name
-    t0 = time.monotonic()
-    faults.node_cut(cluster, node)
-    try:
-        st = jobs.wait_phase(custom, namespace, "ddp", "Restarting", timeout=90)
-        noticed = time.monotonic() - t0
-        # Rank 0 lost its silent peer (peerTimeoutSeconds 5) and said so: the operator restarts
-        # the group at once, while the node controller still calls the cut-off node Ready.
-        ready = {c.type: c.status for c in core.read_node(node).status.conditions}["Ready"]
-        assert ready == "True", f"the operator waited for the node to go NotReady: {st}"
-        assert f"went silent on node {node}" in st["message"]
-        assert [s["node"] for s in st["suspectNodes"]] == [node]
-        first_step = wait_for(
-            "training again",
-            lambda: any(e["event"] == "step" for e in events_of(core, namespace,
-                                                                 "ddp-worker-0-1")),
-            timeout=120,
-            every=0.5,
-        )  # fmt: skip
-        recovered = time.monotonic() - t0
-        assert first_step
-        new = jobs.live_pods(core, namespace, "ddp")
-        assert node not in {p.spec.node_name for p in new}
-        with capsys.disabled():
-            print(
-                f"\n[recovery] node {node} cut off: noticed (job Restarting) after "
-                f"{noticed:.1f}s, training again after {recovered:.1f}s"
-            )
-        jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
-    finally:
-        faults.node_cut(cluster, node, off=False)
+    with Census(core, namespace, "ddp") as census:
+        t0 = time.monotonic()
+        faults.node_cut(cluster, node)
+        try:
+            st = jobs.wait_phase(custom, namespace, "ddp", "Restarting", timeout=90)
+            noticed = time.monotonic() - t0
+            # Rank 0 lost its silent peer (peerTimeoutSeconds 5) and said so: the operator restarts
+            # the group at once, while the node controller still calls the cut-off node Ready.
+            ready = {c.type: c.status for c in core.read_node(node).status.conditions}["Ready"]
+            assert ready == "True", f"the operator waited for the node to go NotReady: {st}"
+            assert f"went silent on node {node}" in st["message"]
+            assert [s["node"] for s in st["suspectNodes"]] == [node]
+            first_step = wait_for(
+                "training again",
+                lambda: any(e["event"] == "step" for e in events_of(core, namespace,
+                                                                     "ddp-worker-0-1")),
+                timeout=120,
+                every=0.5,
+            )  # fmt: skip
+            recovered = time.monotonic() - t0
+            assert first_step
+            new = jobs.live_pods(core, namespace, "ddp")
+            assert node not in {p.spec.node_name for p in new}
+            with capsys.disabled():
+                print(
+                    f"\n[recovery] node {node} cut off: noticed (job Restarting) after "
+                    f"{noticed:.1f}s, training again after {recovered:.1f}s"
+                )
+            jobs.wait_phase(custom, namespace, "ddp", "Succeeded", timeout=240)
+        finally:
+            faults.node_cut(cluster, node, off=False)
+    assert census.reads > 50 and census.most == 2 and census.most_in_a_slot == 1
     # Back on the network, the node stops the processes of the pod deleted while it was away.
     wait_for("the orphaned worker to stop", lambda: not training_pids(folder), timeout=60)
 
