@@ -76,6 +76,22 @@ def grows_back_and_succeeds(core, custom, ns: str, job: str, since: float, shrun
     return grown
 
 
+def removed_and_resumed(cluster, core, ns: str, job: str, node: str, timeout: float):
+    """Removes `node` (its machine, its pods and its Node object: faults.process_node_gone) and
+    waits for the job's ranks to resume at 2 after it, from a checkpoint, not from scratch.
+    Returns when the node went, and that resume."""
+    gone_at = time.time()
+    faults.process_node_gone(cluster, node)
+    (resumed,) = wait_for(
+        f"training at 2 without {node}",
+        lambda: resumed_at(core, ns, job, 2, gone_at),
+        timeout=timeout,
+        every=1,
+    )
+    assert resumed["step"] >= 10
+    return gone_at, resumed
+
+
 def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
@@ -149,15 +165,7 @@ def test_a_node_removed_shrinks_the_job_and_it_grows_back_when_a_node_joins(
     victim = next(p for p in jobs.pods(core, namespace, "gone") if p.metadata.name.endswith("-2-0"))
     node = victim.spec.node_name
     with Census(core, namespace, "gone") as census:
-        gone_at = time.time()
-        faults.process_node_gone(cluster, node)  # its machine, its pods and its Node object
-        (shrunk,) = wait_for(
-            "training without the removed node",
-            lambda: resumed_at(core, namespace, "gone", 2, gone_at),
-            timeout=120,
-            every=1,
-        )
-        assert shrunk["step"] >= 10  # from a checkpoint, not from scratch
+        gone_at, shrunk = removed_and_resumed(cluster, core, namespace, "gone", node, 120)
         # No node of that name, no room elsewhere: the job runs smaller and says what it needs.
         st = jobs.wait_reporting(
             custom, namespace, "gone", "the job to wait for capacity",
@@ -202,15 +210,7 @@ def test_the_rendezvous_hosts_node_removed_its_slot_moves_and_the_group_meets_ag
     node = victim.spec.node_name
     try:
         with Census(core, namespace, "host") as census:
-            gone_at = time.time()
-            faults.process_node_gone(cluster, node)
-            (back,) = wait_for(
-                "training at 2 again",
-                lambda: resumed_at(core, namespace, "host", 2, gone_at),
-                timeout=180,
-                every=1,
-            )
-            assert back["step"] >= 10  # from a checkpoint, not from scratch
+            gone_at, back = removed_and_resumed(cluster, core, namespace, "host", node, 180)
             live = jobs.live_pods(core, namespace, "host")
             assert sorted(p.metadata.name for p in live) == ["host-worker-0-0", "host-worker-1-0"]
             assert node not in {p.spec.node_name for p in live}
@@ -235,15 +235,7 @@ def test_the_rendezvous_hosts_node_removed_with_no_spare_the_highest_slot_gives_
     was = {p.metadata.name: p.spec.node_name for p in jobs.pods(core, namespace, "nospare")}
     node = was["nospare-worker-0-0"]
     with Census(core, namespace, "nospare") as census:
-        gone_at = time.time()
-        faults.process_node_gone(cluster, node)
-        (back,) = wait_for(
-            "training at 2 again",
-            lambda: resumed_at(core, namespace, "nospare", 2, gone_at),
-            timeout=180,
-            every=1,
-        )
-        assert back["step"] >= 10  # from a checkpoint, not from scratch
+        gone_at, back = removed_and_resumed(cluster, core, namespace, "nospare", node, 180)
         # Slot 0, the store's host, came back on slot 2's node; slot 2 waits for capacity.
         live = {p.metadata.name: p.spec.node_name for p in jobs.live_pods(core, namespace,
                                                                            "nospare")}  # fmt: skip

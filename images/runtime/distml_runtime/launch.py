@@ -40,6 +40,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from typing import Any
 
 from distml_runtime.peers import EXIT_PEER_LOST
@@ -253,8 +254,6 @@ class HostLoss:
 
     def again(self, err: BaseException) -> bool:
         """Whether to start a new agent after `err`, having waited a moment."""
-        import time
-
         if not self.enabled:
             return False
         now = time.monotonic()

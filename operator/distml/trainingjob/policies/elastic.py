@@ -118,7 +118,7 @@ def decide(o: Observation) -> Outcome | None:
     staying = [p for p in live if podstate.rank(p) < target]
     delete = [
         *actions.deletions(o, [p for p in cur if p["metadata"]["name"] in lost]),
-        *(PodDeletion(p["metadata"]["name"]) for p in [*leaving, *([donor] if donor else [])]),
+        *(PodDeletion(p["metadata"]["name"]) for p in ([*leaving, donor] if donor else leaving)),
     ]
     # The slots with no pod at all (a lost pod's name is free once it is gone) get one.
     taken = {podstate.rank(p) for p in cur}
