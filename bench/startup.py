@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import collections
 import copy
-import json
 import os
 import re
 import socket
@@ -76,21 +75,62 @@ def job(name: str, replicas: int, gpus: int, **spec: str) -> dict:
     )
 
 
+def follow(list_fn, args: tuple, on_event, until, selector: str = "", timeout: float = 600) -> None:
+    """Calls on_event(type, object) for every change of what `list_fn(*args)` lists, from what
+    exists now, until `until()` is true (asked after every event, and every few seconds) or
+    `timeout` passes. Objects come as plain JSON: the client's models cost the bench CPU that
+    what it measures, on the same cores, would wait for. A watch the API server ends (it drops
+    a watcher that falls behind a burst) goes on from the last event, as an informer does."""
+    version = None  # None: the watch opens with what exists now, then follows it
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        options = {"deserialize": False, "timeout_seconds": 5}
+        if selector:
+            options["label_selector"] = selector
+        if version is not None:
+            options["resource_version"] = version
+        stream = watch.Watch().stream(list_fn, *args, **options)
+        try:
+            for ev in stream:
+                version = ev["object"]["metadata"]["resourceVersion"]
+                on_event(ev["type"], ev["object"])
+                if until():
+                    return
+        except client.ApiException as err:
+            if err.status != 410:
+                raise
+            version = None  # history gone: from what exists now (on_event sees it again)
+        finally:
+            # Not Watch.stop(): it shuts the socket of a connection that goes back to the pool.
+            stream.close()
+
+
 def wait_running(
     core: client.CoreV1Api, ns: str, selector: str, n: int, t0: float, timeout: float = 600
 ) -> float:
-    """Seconds from t0 until n pods are Running; says when all n existed, on the way."""
-    created = False
-    while time.monotonic() - t0 < timeout:
-        items = core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
-        pods = json.loads(items.data)["items"]
-        if not created and len(pods) >= n:
-            created = True
+    """Seconds from t0 until n pods are Running, as a watch tells it; says when all n existed,
+    on the way. A watch, not a LIST polled every few milliseconds: LISTs of hundreds of pods
+    load the API server in proportion to how long the wait lasts, so they slowed the slower
+    of two runs more, and the bench measured its own load."""
+    phases: dict[str, str] = {}
+    running = 0
+    said = False
+
+    def on_event(kind: str, pod: dict) -> None:
+        nonlocal running, said
+        name = pod["metadata"]["name"]
+        running -= phases.pop(name, "") == "Running"
+        if kind != "DELETED":
+            phases[name] = (pod.get("status") or {}).get("phase", "")
+            running += phases[name] == "Running"
+        if not said and len(phases) >= n:
+            said = True
             say(f"all {n} pods exist after {time.monotonic() - t0:.2f}s")
-        if sum(p.get("status", {}).get("phase") == "Running" for p in pods) >= n:
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise TimeoutError(f"{n} pods not Running in {timeout}s")
+
+    follow(core.list_namespaced_pod, (ns,), on_event, lambda: running >= n, selector, timeout)
+    if running < n:
+        raise TimeoutError(f"{n} pods not Running in {timeout}s")
+    return time.monotonic() - t0
 
 
 def fresh_namespace(core: client.CoreV1Api, name: str) -> str:
@@ -149,6 +189,37 @@ def metric(port: int, name: str) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(operator_pid: int = 0) -> collections.Counter[str]:
+    """CPU seconds so far of every process on this machine, by name (the operator and this
+    bench told apart from other Python processes)."""
+    out: collections.Counter[str] = collections.Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        name = comm.split("(", 1)[1]
+        if pid == operator_pid:
+            name = "operator"
+        elif pid == os.getpid():
+            name = "bench (the user's client)"
+        fields = rest.split()
+        out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def show_cpu(direct: collections.Counter[str], ours: collections.Counter[str]) -> None:
+    """Where the machine's CPU went in one round of each: the processes that used most."""
+    total = (sum(direct.values()), sum(ours.values()))
+    say(f"CPU seconds, all processes: direct {total[0]:.2f}, operator {total[1]:.2f} "
+        f"({total[1] / max(total[0], 1e-9):.2f}x)")  # fmt: skip
+    for name in sorted(set(direct) | set(ours), key=lambda n: -max(ours[n], direct[n]))[:9]:
+        say(f"  {name:<26} direct {direct[name]:>6.2f}  operator {ours[name]:>6.2f}")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -211,21 +282,23 @@ def run_direct(core, rep: int, pods: int, dns: str | None = "Rank0") -> float:
     return took
 
 
-def run_burst_direct(core, jobs: int, per_job: int) -> tuple[float, collections.Counter[str]]:
+def run_burst_direct(core, jobs: int, per_job: int) -> tuple[float, collections.Counter[str],
+                                                           collections.Counter[str]]:  # fmt: skip
     """`jobs` jobs' Services and pods, as the operator would render them, created at once; the
-    time to all Running, and the API writes until then."""
+    time to all Running, and the API writes and CPU seconds until then."""
     ns = fresh_namespace(core, "bench-burst-direct")
     objects: list[dict] = []
     for i in range(jobs):
         service, pods = same_objects(ns, job(f"j{i:03d}", per_job, 1))
         objects += [service, *pods]
-    before = api_writes(core.api_client)
+    before, cpu = api_writes(core.api_client), cpu_by_process()
     t0 = time.monotonic()
     create_at_once(core.api_client, objects)
     took = wait_running(core, ns, "distml.io/replica-type=worker", jobs * per_job, t0)
+    cpu = cpu_by_process() - cpu
     writes = api_writes(core.api_client) - before
     drop_namespace(core, ns)
-    return took, writes
+    return took, writes, cpu
 
 
 def all_jobs_running(custom, ns: str, jobs: int, timeout: float = 120) -> None:
@@ -270,24 +343,27 @@ def show_writes(jobs: int, direct: collections.Counter[str], ours: collections.C
             say(f"  {what:<24} direct {d:>5.2f}  operator {o:>5.2f}")
 
 
-def run_bursts(core, custom, args) -> tuple[float, float]:
+def run_bursts(core, custom, args, pid: int) -> tuple[float, float]:
     """(operator, direct) medians: `burst_jobs` jobs at once against their objects created
     directly at once, alternating."""
     bursts, directs = [], []
     per = args.pods_per_job
     api = core.api_client
     for rep in range(args.burst_repeats):
-        took, direct_writes = run_burst_direct(core, args.burst_jobs, per)
+        took, direct_writes, direct_cpu = run_burst_direct(core, args.burst_jobs, per)
         directs.append(took)
         ns = fresh_namespace(core, f"bench-burst-{rep}")
-        before = api_writes(api)
+        before, cpu = api_writes(api), cpu_by_process(pid)
         t0 = time.monotonic()
         submit_jobs(custom, ns, args.burst_jobs, per)
+        say(f"submitted after {time.monotonic() - t0:.2f}s")
         bursts.append(wait_running(core, ns, "distml.io/replica-type=worker",
                                    args.burst_jobs * per, t0))  # fmt: skip
+        cpu = cpu_by_process(pid) - cpu
         if rep == 0:  # the writes until every job says Running
             all_jobs_running(custom, ns, args.burst_jobs)
             show_writes(args.burst_jobs, direct_writes, api_writes(api) - before)
+            show_cpu(direct_cpu, cpu)
         custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
         while core.list_namespaced_pod(ns).items:
             time.sleep(0.2)
@@ -315,40 +391,33 @@ class StatusStaleness:
     def __init__(self, core, custom, ns: str) -> None:
         self.pod_running: dict[str, tuple[str, float]] = {}
         self.job_running: dict[str, float] = {}
-        self._watches = [watch.Watch(), watch.Watch()]
-        self._threads = [
-            threading.Thread(target=self._pods, args=(core, ns), daemon=True),
-            threading.Thread(target=self._jobs, args=(custom, ns), daemon=True),
+        self.done = False
+        follows = [
+            (core.list_namespaced_pod, (ns,), self._pod),
+            (custom.list_namespaced_custom_object, (GROUP, VERSION, ns, PLURAL), self._job),
         ]
-        for t in self._threads:
-            t.start()
+        for list_fn, args, on_event in follows:
+            threading.Thread(target=follow, args=(list_fn, args, on_event, lambda: self.done),
+                             kwargs={"timeout": 1800}, daemon=True).start()  # fmt: skip
 
-    def _pods(self, core, ns: str) -> None:
-        for ev in self._watches[0].stream(core.list_namespaced_pod, ns, timeout_seconds=1800):
-            pod = ev["object"]
-            if pod.status.phase == "Running" and pod.metadata.name not in self.pod_running:
-                job_name = pod.metadata.labels.get("distml.io/job-name", "")
-                self.pod_running[pod.metadata.name] = (job_name, time.monotonic())
+    def _pod(self, _: str, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        if (pod.get("status") or {}).get("phase") == "Running" and name not in self.pod_running:
+            job_name = (pod["metadata"].get("labels") or {}).get("distml.io/job-name", "")
+            self.pod_running[name] = (job_name, time.monotonic())
 
-    def _jobs(self, custom, ns: str) -> None:
-        stream = self._watches[1].stream(
-            custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=1800
-        )
-        for ev in stream:
-            obj = ev["object"]
-            name = obj["metadata"]["name"]
-            if (obj.get("status") or {}).get("phase") == "Running":
-                self.job_running.setdefault(name, time.monotonic())
+    def _job(self, _: str, obj: dict) -> None:
+        if (obj.get("status") or {}).get("phase") == "Running":
+            self.job_running.setdefault(obj["metadata"]["name"], time.monotonic())
 
     def figures(self, jobs: int, timeout: float = 120) -> tuple[float, float, float]:
         """(median, p99, max) seconds, once every job has said Running."""
         deadline = time.monotonic() + timeout
         while len(self.job_running) < jobs and time.monotonic() < deadline:
             time.sleep(0.2)
-        for w in self._watches:
-            w.stop()
+        self.done = True
         last: dict[str, float] = {}
-        for job_name, t in self.pod_running.values():
+        for job_name, t in list(self.pod_running.values()):
             last[job_name] = max(last.get(job_name, 0.0), t)
         lags = sorted(max(self.job_running[j] - t, 0.0) for j, t in last.items()
                       if j in self.job_running)  # fmt: skip
@@ -384,7 +453,7 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
         wait_running(core, ns, "distml.io/job-name=warm", 1, time.monotonic())
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "warm")
         if args.only_burst:
-            burst, burst_direct = run_bursts(core, custom, args)
+            burst, burst_direct = run_bursts(core, custom, args, proc.pid)
             print(f"{args.burst_jobs} jobs x {args.pods_per_job} pods: direct {burst_direct:.2f}s "
                   f"operator {burst:.2f}s ratio {burst / burst_direct:.2f}x "
                   f"(medians of {args.burst_repeats})")  # fmt: skip
@@ -427,7 +496,7 @@ def run(cluster: LocalCluster, core, custom, args) -> None:
             return
         # 2. A burst of 50 jobs against the same objects created directly, alternating.
         per = args.pods_per_job
-        burst, burst_direct = run_bursts(core, custom, args)
+        burst, burst_direct = run_bursts(core, custom, args, proc.pid)
 
         # 3. Many jobs at once.
         ns = fresh_namespace(core, "bench-many")
