@@ -207,8 +207,11 @@ class Operator:
             self.workers.wake(job_key)
 
     def on_job(self, job: dict[str, Any], deleted: bool = False) -> None:
-        """A job as the API has it now. An event older than what this operator itself wrote
-        (watch events lag) is not allowed to take back a decision it made since."""
+        """A job as the API has it now. A version no newer than the one a demand was recorded
+        from is not allowed to take back a decision made since: an event that lags what this
+        operator wrote, or the very version a decision was made from, met again (a LIST, or
+        kopf's event, while the decision's status write is still on its way) and saying
+        nothing of the decision (the two gangs admitted into one node's GPUs that follow)."""
         meta = job["metadata"]
         uid = meta.get("uid", "")
         kind = kind_of(job)
@@ -221,11 +224,14 @@ class Operator:
             self.sweep_soon.set()
             return
         version = _version(job)
-        if version and version < self._gang_versions.get(uid, 0):
+        recorded = self._gang_versions.get(uid, 0)
+        if version and version < recorded:
             return
         cached = self.jobs.get(key)
         if cached is None or cached["metadata"].get("uid") != uid or _version(cached) <= version:
             self.jobs[key] = job
+        if version and version == recorded:
+            return
         self._replaced(key, uid)
         self._gang_kinds[uid] = kind
         self._set_gang(uid, self.kinds[kind].demand(job), version)
