@@ -10,9 +10,11 @@ and watches as streams of events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import json
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 from urllib.request import getproxies_environment
@@ -34,6 +36,54 @@ RETRY_AFTER_CAP_SECONDS = 10.0
 # can serve without building one huge answer (and without its 410 for a too-large snapshot).
 LIST_PAGE = 500
 TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+# Which requests go first when every connection is busy: a status write (the record of a decision,
+# and what `kubectl get` shows), a delete (it frees GPUs) or a read, before the creates of gangs
+# (hundreds queue at once when many jobs start, and a status waiting behind them is seconds stale),
+# and those before Events (nothing waits for them).
+URGENT, BULK, LEAST = 0, 1, 2
+
+
+class Slots:
+    """`size` slots for requests in flight. A slot freed goes to the waiter of the most urgent
+    level (the lowest number), first come first served within a level; a waiter is never
+    passed over by one of its own level or a less urgent one."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = 0
+
+    async def acquire(self, level: int = URGENT) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        self._arrivals += 1
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (level, self._arrivals, handed))
+        try:
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self.release()  # handed a slot in the moment it was cancelled: pass it on
+            raise  # a cancelled waiter left in the heap is skipped by release
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, handed = heapq.heappop(self._waiters)
+            if not handed.done():
+                handed.set_result(None)
+                return
+        self._free += 1
+
+    @contextlib.asynccontextmanager
+    async def held(self, level: int = URGENT) -> AsyncIterator[None]:
+        await self.acquire(level)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class NotServed(RuntimeError):
@@ -103,7 +153,7 @@ class AsyncWriter:
 
     def __init__(self, kubeconfig: str | None = None, concurrency: int = 64) -> None:
         self.kubeconfig = kubeconfig
-        self._limit = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self._pool = concurrency
         self._api: aio_client.ApiClient | None = None
         self._connecting = asyncio.Lock()
@@ -150,7 +200,9 @@ class AsyncWriter:
         Throttling and server errors raise: the reconcile is retried."""
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         plural = {"Pod": "pods", "Service": "services"}[obj["kind"]]
-        status, body = await self._send("POST", f"/api/v1/namespaces/{ns}/{plural}", obj)
+        status, body = await self._send(
+            "POST", f"/api/v1/namespaces/{ns}/{plural}", obj, level=BULK
+        )
         if status < 300:
             return True
         text = body.decode(errors="replace")
@@ -177,12 +229,13 @@ class AsyncWriter:
         body: Obj | None = None,
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
+        level: int = URGENT,
     ) -> tuple[int, bytes]:
-        """One request: (HTTP status, body). Throttled (429), it is sent again after the
-        server's Retry-After, up to THROTTLE_ATTEMPTS times, holding no connection slot while
-        it waits."""
+        """One request: (HTTP status, body), waiting for a slot at `level` (see Slots).
+        Throttled (429), it is sent again after the server's Retry-After, up to
+        THROTTLE_ATTEMPTS times, holding no slot while it waits."""
         for attempt in range(THROTTLE_ATTEMPTS):
-            async with self._limit:
+            async with self._slots.held(level):
                 resp = await self._call(method, path, body, params, content_type)
                 try:
                     answer = await resp.read()
@@ -221,11 +274,16 @@ class AsyncWriter:
             raise RuntimeError(f"deleting pod {name}: {status} {answer.decode(errors='replace')}")
 
     async def request(
-        self, method: str, path: str, body: Obj | None = None, patch: str = "merge"
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        patch: str = "merge",
+        level: int = URGENT,
     ) -> tuple[int, Obj]:
         """Any other call, e.g. a merge PATCH of a status: (HTTP status, JSON answer)."""
         kind = f"application/{patch}-patch+json" if method == "PATCH" else "application/json"
-        status, answer = await self._send(method, path, body, content_type=kind)
+        status, answer = await self._send(method, path, body, content_type=kind, level=level)
         try:
             return status, dict(orjson.loads(answer)) if answer else {}
         except ValueError:

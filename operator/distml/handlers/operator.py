@@ -26,7 +26,7 @@ from distml.handlers.groups import GroupReader
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
-from distml.kube import AsyncWriter, NotServed, api_message
+from distml.kube import LEAST, AsyncWriter, NotServed, api_message
 from distml.podstate import iso
 from distml.policies import disruption, orphans
 from distml.reconcile import Plan, Settings, World
@@ -649,7 +649,7 @@ class Operator:
         }
         try:
             code, answer = await self.writer.request(
-                "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body
+                "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body, level=LEAST
             )
             if code >= 300:
                 raise RuntimeError(f"{code} {api_message(str(answer.get('message', answer)))}")
