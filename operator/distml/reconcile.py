@@ -63,6 +63,8 @@ class World:
     held_nodes: frozenset[str] = frozenset()
     # disruption.find(nodes), when the caller keeps it (it changes only when a node does).
     disruption: disruption.Disruption | None = None
+    # The names of the nodes that are not Ready, when the caller keeps them (from node events).
+    not_ready: frozenset[str] | None = None
     # An autoscaled ServingJob's recent load readings, oldest first (the operator keeps them).
     load: tuple[LoadSample, ...] = ()
     # An elastic TrainingJob's pods' latest readings by pod name, and when the last pass read

@@ -40,8 +40,20 @@ JOBS_PATH = f"/apis/{GROUP}/{VERSION}"
 SWEEP_SECONDS = 10.0
 ORPHAN_GRACE_SECONDS = 3.0
 EXPECTATION_SECONDS = 5.0  # how long a reconcile waits for the cache to show its own writes
-COUNT_WRITE_SECONDS = 1.0  # a starting gang's count-only status writes: one per job this often
+# A starting gang's count-only status writes (its pods created, bound, ready: progress, not a
+# decision) go out one per job per second at most, and all together at most COUNT_WRITES_PER_SECOND
+# a second: when many gangs start at once, each shows its progress less often, rather than the
+# API server spending on progress the CPU it needs to start the pods (a status write costs it
+# about twice a pod create). Phase changes are never held back.
+COUNT_WRITE_SECONDS = 1.0
+COUNT_WRITES_PER_SECOND = 10.0
 NOT_SERVED_SECONDS = 30.0  # how long start-up waits for a kind's CRD to be served
+
+
+def count_write_interval(starting: int) -> float:
+    """How long a starting gang's count-only status write waits after the job's last status
+    write, while `starting` gangs (this one among them) are starting."""
+    return max(COUNT_WRITE_SECONDS, starting / COUNT_WRITES_PER_SECOND)
 
 
 def _version(obj: dict[str, Any]) -> int:
@@ -125,6 +137,7 @@ class Operator:
         self.watched = namespaces  # empty: every namespace
         self.workers = JobWorkers(self.reconcile)
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.not_ready: set[str] = set()  # the nodes' names that are not Ready
         self.gpu_pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.gangs: dict[str, admission.Gang] = {}  # job uid -> its demand on the ledger
@@ -158,6 +171,10 @@ class Operator:
         before = _cache(self.nodes, event_type, node)
         was = before is not None and podstate.node_ready(before)
         now = event_type != "DELETED" and podstate.node_ready(node)
+        if now or event_type == "DELETED":
+            self.not_ready.discard(node["metadata"]["name"])
+        else:
+            self.not_ready.add(node["metadata"]["name"])
         if was != now:  # a node came or went: queued gangs may fit, running ones may be hit
             self._note_disruption()
             self.workers.wake_all()
@@ -267,6 +284,7 @@ class Operator:
         """A fresh LIST: what it lacks is gone."""
         if path == NODES:
             self.nodes = {n["metadata"]["name"]: n for n in items}
+            self.not_ready = {n for n, node in self.nodes.items() if not podstate.node_ready(node)}
             self._note_disruption()
         elif path == NAMESPACES:
             self.namespaces = {n["metadata"]["name"]: n for n in items}
@@ -536,6 +554,7 @@ class Operator:
                     n for n, until in self.held_nodes.items() if until is None or until > t_now
                 ),
                 disruption=self.disruption,
+                not_ready=frozenset(self.not_ready),
                 load=self.loads.readings(key),
             )
             world.members, world.members_at = self.groups.readings(key)
@@ -680,17 +699,20 @@ class Operator:
         changed = kind.status_changed(job, plan.status)
         acts = bool(plan.create or plan.delete or plan.patch or plan.events)
         since = time.monotonic() - self._written_at.get(key, 0.0)
+        interval = count_write_interval(
+            sum(p == kind.starting_phase for (k, _, _), p in self.phases.items() if k == kind.kind)
+        )
         if (
             changed
             and not acts
             and kind.counts_only is not None
             and plan.status.get("phase") == kind.starting_phase
-            and since < COUNT_WRITE_SECONDS
+            and since < interval
             and kind.counts_only(job, plan.status)
         ):
             # A gang starting, its counts alone changed: they go out with the next write, at
-            # most a second from the last (every pod of a big gang moves them a few times).
-            wait = COUNT_WRITE_SECONDS - since
+            # most `interval` from the last (every pod of a big gang moves them a few times).
+            wait = interval - since
             plan.requeue_after = min(plan.requeue_after or wait, wait)
             changed = False
         elif changed or plan.create or plan.delete or plan.patch:

@@ -104,6 +104,8 @@ class Observation:
 
     @cached_property
     def not_ready(self) -> frozenset[str]:
+        if self.world.not_ready is not None:
+            return self.world.not_ready
         return frozenset(n for n, node in self.nodes.items() if not podstate.node_ready(node))
 
     def node_dead(self, pod: Obj) -> bool:

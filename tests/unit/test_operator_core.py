@@ -1,14 +1,42 @@
-"""The operator's caches kept from watch events agree with what they are kept for."""
+"""The operator core's own rules: its caches kept from watch events agree with what they are kept
+for, a decision on its way is not taken back, and progress writes keep to their budget."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 
-from distml.handlers.operator import Operator
+import pytest
+
+from distml import podstate
+from distml.handlers.operator import (
+    COUNT_WRITE_SECONDS,
+    COUNT_WRITES_PER_SECOND,
+    Operator,
+    count_write_interval,
+)
+from distml.kube import AsyncWriter
 from distml.reconcile import Settings
 
 from .builders import make_job, make_node, stamp
+
+
+def test_the_not_ready_nodes_kept_from_events_are_those_the_node_cache_says():
+    op = Operator(AsyncWriter("unused"), Settings())
+    op.replace("/api/v1/nodes", [make_node("a"), make_node("b", ready=False)])
+    events = [
+        ("ADDED", make_node("c", ready=False)),  # joins NotReady
+        ("MODIFIED", make_node("c")),  # turns Ready
+        ("MODIFIED", make_node("a", ready=False)),  # goes NotReady
+        ("MODIFIED", make_node("a", ready=False)),  # stays so
+        ("DELETED", make_node("b", ready=False)),  # removed while NotReady
+        ("ADDED", make_node("d")),
+    ]
+    for event_type, node in events:
+        op.on_node(event_type, copy.deepcopy(node))
+        recomputed = {n for n, obj in op.nodes.items() if not podstate.node_ready(obj)}
+        assert op.not_ready == recomputed, (event_type, node["metadata"]["name"])
+    assert op.not_ready == {"a"}
 
 
 class HeldStatusWriter:
@@ -80,3 +108,12 @@ def test_a_decision_on_its_way_is_not_taken_back_by_the_version_it_was_made_from
     assert writer.statuses["b"]["phase"] == "Queued"
     assert "admission" not in writer.statuses["b"] or not writer.statuses["b"]["admission"]
     assert [n for n in writer.created if n.startswith("b")] == []
+
+
+@pytest.mark.parametrize("starting", [1, 2, 5, 10, 11, 50, 200, 1000])
+def test_count_only_writes_keep_to_one_per_job_a_second_and_the_operators_budget(starting):
+    interval = count_write_interval(starting)
+    assert interval >= COUNT_WRITE_SECONDS  # no job more often than once a second
+    assert starting / interval <= COUNT_WRITES_PER_SECOND + 1e-9  # all together, the budget
+    # ...and no slower than the budget needs: a few jobs show progress every second.
+    assert interval == COUNT_WRITE_SECONDS or starting / interval >= COUNT_WRITES_PER_SECOND - 1e-9
