@@ -40,9 +40,10 @@ TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 # Which requests go first when every connection is busy: a status write (the record of a decision,
 # and what `kubectl get` shows), a delete (it frees GPUs) or a read, before the creates of gangs
-# (hundreds queue at once when many jobs start, and a status waiting behind them is seconds stale),
-# and those before Events (nothing waits for them).
-URGENT, BULK, LEAST = 0, 1, 2
+# and their Events (hundreds queue at once when many jobs start, and a status waiting behind them
+# is seconds stale). Events stay in line with the creates: a reconcile waits for its Events, and
+# one that waited for every other job's creates would hold its job's next decision back.
+URGENT, BULK = 0, 1
 
 
 class Slots:

@@ -26,7 +26,7 @@ from distml.handlers.groups import GroupReader
 from distml.handlers.kinds import KINDS, Kind, serving_replica_states
 from distml.handlers.registry import JobWorkers, Key
 from distml.informer import Informer
-from distml.kube import LEAST, AsyncWriter, NotServed, api_message
+from distml.kube import BULK, AsyncWriter, NotServed, api_message
 from distml.podstate import iso
 from distml.policies import disruption, orphans
 from distml.reconcile import Plan, Settings, World
@@ -668,7 +668,7 @@ class Operator:
         }
         try:
             code, answer = await self.writer.request(
-                "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body, level=LEAST
+                "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body, level=BULK
             )
             if code >= 300:
                 raise RuntimeError(f"{code} {api_message(str(answer.get('message', answer)))}")
