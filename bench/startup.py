@@ -282,20 +282,22 @@ def run_direct(core, rep: int, pods: int, dns: str | None = "Rank0") -> float:
     return took
 
 
-def run_burst_direct(core, jobs: int, per_job: int) -> tuple[float, collections.Counter[str],
-                                                           collections.Counter[str]]:  # fmt: skip
+def run_burst_direct(
+    core, jobs: int, per_job: int, pid: int
+) -> tuple[float, collections.Counter[str], collections.Counter[str]]:
     """`jobs` jobs' Services and pods, as the operator would render them, created at once; the
-    time to all Running, and the API writes and CPU seconds until then."""
+    time to all Running, and the API writes and CPU seconds (the idle operator, `pid`, among
+    them) until then."""
     ns = fresh_namespace(core, "bench-burst-direct")
     objects: list[dict] = []
     for i in range(jobs):
         service, pods = same_objects(ns, job(f"j{i:03d}", per_job, 1))
         objects += [service, *pods]
-    before, cpu = api_writes(core.api_client), cpu_by_process()
+    before, cpu = api_writes(core.api_client), cpu_by_process(pid)
     t0 = time.monotonic()
     create_at_once(core.api_client, objects)
     took = wait_running(core, ns, "distml.io/replica-type=worker", jobs * per_job, t0)
-    cpu = cpu_by_process() - cpu
+    cpu = cpu_by_process(pid) - cpu
     writes = api_writes(core.api_client) - before
     drop_namespace(core, ns)
     return took, writes, cpu
@@ -350,7 +352,7 @@ def run_bursts(core, custom, args, pid: int) -> tuple[float, float]:
     per = args.pods_per_job
     api = core.api_client
     for rep in range(args.burst_repeats):
-        took, direct_writes, direct_cpu = run_burst_direct(core, args.burst_jobs, per)
+        took, direct_writes, direct_cpu = run_burst_direct(core, args.burst_jobs, per, pid)
         directs.append(took)
         ns = fresh_namespace(core, f"bench-burst-{rep}")
         before, cpu = api_writes(api), cpu_by_process(pid)
