@@ -60,6 +60,29 @@ def training(core, ns: str, job: str, world: int) -> None:
     )
 
 
+def started(core, custom, ns: str, job: str, ckpt: str, steps: int) -> None:
+    """Creates an elastic job of 3 and waits until it is Running and rank 0 trains."""
+    jobs.create(custom, ns, elastic_job(job, ckpt, steps=steps))
+    jobs.wait_phase(custom, ns, job, "Running", timeout=240)
+    training(core, ns, job, 3)
+
+
+def waiting_for_capacity(
+    custom, ns: str, job: str, timeout: float, workers: int | None = None
+) -> dict:
+    """Waits for the job's status to say it waits for capacity (at `workers` workers, when
+    given); returns that status."""
+
+    def probe():
+        s = jobs.status(custom, ns, job)
+        waits = s.get("reason") == "WaitingForCapacity"
+        return waits and (workers is None or s.get("workers") == workers) and s
+
+    return jobs.wait_reporting(
+        custom, ns, job, "the job to wait for capacity", probe, timeout=timeout
+    )
+
+
 def grows_back_and_succeeds(core, custom, ns: str, job: str, since: float, shrunk: dict):
     """After a shrink to 2: training at 3 again after `since`, from no earlier a step than the
     shrink's, recorded as Replaced; then Succeeded with no restart and two resizes. Returns
@@ -96,9 +119,7 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, _folder = checkpoints
-    jobs.create(custom, namespace, elastic_job("el", path, steps=1800))
-    jobs.wait_phase(custom, namespace, "el", "Running", timeout=240)
-    training(core, namespace, "el", 3)
+    started(core, custom, namespace, "el", path, steps=1800)
     victim = next(p for p in jobs.pods(core, namespace, "el") if p.metadata.name == "el-worker-2-0")
     node = victim.spec.node_name
     with Census(core, namespace, "el") as census:
@@ -128,12 +149,7 @@ def test_a_node_cut_off_shrinks_the_job_and_it_grows_back_when_the_node_returns(
                 assert parse_time(left["time"]) <= ready.last_transition_time, (left, ready)
             assert "without el-worker-2-0" in left["message"]
             # Once the node counts as lost its pod goes: no restart, no spare node.
-            st = jobs.wait_reporting(
-                custom, namespace, "el", "the job to wait for capacity",
-                lambda: (s := jobs.status(custom, namespace, "el")).get("reason")
-                == "WaitingForCapacity" and s,
-                timeout=150,
-            )  # fmt: skip
+            st = waiting_for_capacity(custom, namespace, "el", timeout=150)
             waiting = next(c for c in st["conditions"] if c["type"] == "WaitingForCapacity")
             noticed = parse_time(waiting["lastTransitionTime"]).timestamp() - cut_at
             assert st["phase"] == "Running" and st["restarts"] == 0 and st["restartGeneration"] == 0
@@ -159,20 +175,13 @@ def test_a_node_removed_shrinks_the_job_and_it_grows_back_when_a_node_joins(
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, _folder = checkpoints
-    jobs.create(custom, namespace, elastic_job("gone", path, steps=1500))
-    jobs.wait_phase(custom, namespace, "gone", "Running", timeout=240)
-    training(core, namespace, "gone", 3)
+    started(core, custom, namespace, "gone", path, steps=1500)
     victim = next(p for p in jobs.pods(core, namespace, "gone") if p.metadata.name.endswith("-2-0"))
     node = victim.spec.node_name
     with Census(core, namespace, "gone") as census:
         gone_at, shrunk = removed_and_resumed(cluster, core, namespace, "gone", node, 120)
         # No node of that name, no room elsewhere: the job runs smaller and says what it needs.
-        st = jobs.wait_reporting(
-            custom, namespace, "gone", "the job to wait for capacity",
-            lambda: (s := jobs.status(custom, namespace, "gone")).get("reason")
-            == "WaitingForCapacity" and s,
-            timeout=60,
-        )  # fmt: skip
+        st = waiting_for_capacity(custom, namespace, "gone", timeout=60)
         assert st["phase"] == "Running" and st["workers"] == 2 and st["restarts"] == 0
         (shrink,) = history(custom, namespace, "gone")  # one membership change, one record
         assert shrink[:2] == (3, 2) and shrink[2] in ("LeftGroup", "NodeLost"), shrink
@@ -229,9 +238,7 @@ def test_the_rendezvous_hosts_node_removed_with_no_spare_the_highest_slot_gives_
     cluster, process_nodes, operator, core, custom, namespace, checkpoints, capsys
 ):
     path, _folder = checkpoints
-    jobs.create(custom, namespace, elastic_job("nospare", path, steps=1500))
-    jobs.wait_phase(custom, namespace, "nospare", "Running", timeout=240)
-    training(core, namespace, "nospare", 3)
+    started(core, custom, namespace, "nospare", path, steps=1500)
     was = {p.metadata.name: p.spec.node_name for p in jobs.pods(core, namespace, "nospare")}
     node = was["nospare-worker-0-0"]
     with Census(core, namespace, "nospare") as census:
@@ -243,12 +250,7 @@ def test_the_rendezvous_hosts_node_removed_with_no_spare_the_highest_slot_gives_
             "nospare-worker-0-0": was["nospare-worker-2-0"],
             "nospare-worker-1-0": was["nospare-worker-1-0"],
         }
-        st = jobs.wait_reporting(
-            custom, namespace, "nospare", "the job to wait for capacity",
-            lambda: (s := jobs.status(custom, namespace, "nospare")).get("reason")
-            == "WaitingForCapacity" and s.get("workers") == 2 and s,
-            timeout=60,
-        )  # fmt: skip
+        st = waiting_for_capacity(custom, namespace, "nospare", timeout=60, workers=2)
         assert st["phase"] == "Running" and st["restarts"] == 0
         back_at = time.time()
         cluster.sync_process_nodes(len(process_nodes), gpus=GPUS_PER_NODE)  # a machine joins
@@ -274,9 +276,7 @@ def test_kubectl_scale_resizes_within_the_bounds_and_a_killed_worker_restarts_in
     process_nodes, operator, core, custom, namespace, checkpoints
 ):
     path, folder = checkpoints
-    jobs.create(custom, namespace, elastic_job("el", path, steps=1200))
-    jobs.wait_phase(custom, namespace, "el", "Running", timeout=240)
-    training(core, namespace, "el", 3)
+    started(core, custom, namespace, "el", path, steps=1200)
     uids = {p.metadata.name: p.metadata.uid for p in jobs.pods(core, namespace, "el")}
 
     # kill -9 of one worker process: torchrun restarts it in its pod, the others meet it again.
