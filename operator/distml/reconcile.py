@@ -65,6 +65,8 @@ class World:
     disruption: disruption.Disruption | None = None
     # The names of the nodes that are not Ready, when the caller keeps them (from node events).
     not_ready: frozenset[str] | None = None
+    # The nodes by name, when the caller keeps them so (the same nodes as `nodes`).
+    node_map: dict[str, Obj] | None = None
     # An autoscaled ServingJob's recent load readings, oldest first (the operator keeps them).
     load: tuple[LoadSample, ...] = ()
     # An elastic TrainingJob's pods' latest readings by pod name, and when the last pass read

@@ -555,6 +555,7 @@ class Operator:
                 ),
                 disruption=self.disruption,
                 not_ready=frozenset(self.not_ready),
+                node_map=dict(self.nodes),
                 load=self.loads.readings(key),
             )
             world.members, world.members_at = self.groups.readings(key)

@@ -164,7 +164,9 @@ def observe(world: World, settings: Settings) -> Observation:
         spec=TrainingJobSpec.model_validate(world.job["spec"]),
         stored=stored,
         status=status,
-        nodes={n["metadata"]["name"]: n for n in world.nodes},
+        nodes=world.node_map
+        if world.node_map is not None
+        else {n["metadata"]["name"]: n for n in world.nodes},
         disruption=world.disruption
         if world.disruption is not None
         else disruption.find(world.nodes),
