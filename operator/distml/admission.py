@@ -93,13 +93,22 @@ class Ledger:
     """Free GPUs per usable node after pods and reservations; `overbooked` counts reserved ranks
     that found no room (their node died): a sign, not an error."""
 
-    free: dict[str, int]  # ready, schedulable nodes only
+    free: dict[str, int]  # ready, schedulable nodes only (its keys never change)
     nodes: dict[str, Obj]  # every node, ready or not
     overbooked: int = 0
+    # Which nodes a filter matches, worked out once per ledger: the gangs of a queue mostly
+    # share one filter. Matched per gang, 200 gangs on 200 nodes took 40,000 matches, three
+    # quarters of the queue's planning time.
+    _candidates: dict[NodeFilter, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _matching: dict[NodeFilter, tuple[Obj, ...]] = field(default_factory=dict, repr=False)
 
     def candidates(self, gang: Gang) -> list[str]:
         """The usable nodes the gang's pods may be bound to."""
-        return [n for n in self.free if gang.nodes.matches(self.nodes[n])]
+        found = self._candidates.get(gang.nodes)
+        if found is None:
+            found = tuple(n for n in self.free if gang.nodes.matches(self.nodes[n]))
+            self._candidates[gang.nodes] = found
+        return list(found)
 
     def largest(self, gang: Gang) -> int | None:
         """The most GPUs any node the gang may use has at all (ready or not); None: no node
@@ -109,7 +118,13 @@ class Ledger:
 
     def matching(self, gang: Gang) -> list[Obj]:
         """The nodes the gang's pods may ever go to, ready or not."""
-        return [n for n in self.nodes.values() if gang.nodes.matches(n, condition_taints=False)]
+        found = self._matching.get(gang.nodes)
+        if found is None:
+            found = tuple(
+                n for n in self.nodes.values() if gang.nodes.matches(n, condition_taints=False)
+            )
+            self._matching[gang.nodes] = found
+        return list(found)
 
     def unusable(self, gang: Gang) -> list[str]:
         """Nodes it may go to that are not ready, or cordoned, now."""

@@ -239,6 +239,22 @@ def test_the_admission_places_ranks_only_where_the_templates_affinity_allows():
     assert not v.admitted and "room for 1 now" in v.message and "n1" not in v.message
 
 
+def test_gangs_of_one_queue_with_different_node_selectors_each_get_their_own_nodes():
+    """One ledger answers many gangs' node filters: a gang after one with another selector (and
+    one with the same selector after it) still goes only where its own selector allows."""
+    cluster = [make_node(f"n{i}", pool="a" if i < 2 else "b") for i in range(4)]
+    gangs = [
+        gang("a1", 1, 8, created=0, node_selector=(("pool", "a"),)),
+        gang("b1", 2, 8, created=1, node_selector=(("pool", "b"),)),
+        gang("a2", 1, 8, created=2, node_selector=(("pool", "a"),)),
+        gang("b2", 1, 8, created=3, node_selector=(("pool", "b"),)),
+    ]
+    v = verdict(gangs, cluster=cluster)
+    assert sorted(v["team-a1"].nodes + v["team-a2"].nodes) == ["n0", "n1"]
+    assert sorted(v["team-b1"].nodes) == ["n2", "n3"]
+    assert not v["team-b2"].admitted and "room for 0 now" in v["team-b2"].message
+
+
 def test_a_template_no_node_matches_says_so():
     g = gang("typo", 1, 8, node_selector=(("pool", "gpu-a100-typo"),))
     v = verdict([g])["team-typo"]
