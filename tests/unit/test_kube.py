@@ -1,10 +1,11 @@
 """Which refusals of a create are worth retrying as they are, and which are the API's answer;
-which request gets a connection first when all are busy."""
+which request gets a connection first when all are busy; how long an idle connection is kept."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -117,3 +118,50 @@ def test_a_slot_handed_to_a_waiter_that_is_cancelled_at_once_goes_on_to_the_next
         return first.cancelled()
 
     assert asyncio.run(scenario())
+
+
+def test_idle_connections_are_kept_for_the_keepalive_and_closed_after(tmp_path, monkeypatch):
+    """The operator's pool keeps an idle connection open for KEEPALIVE_SECONDS (a burst after a
+    quiet spell finds it open), and lets it go after: a stand-in API server counts the
+    connections three requests arrive on."""
+    from aiohttp import web
+
+    from distml import kube
+
+    monkeypatch.setattr(kube, "KEEPALIVE_SECONDS", 0.6)  # the setting, scaled down
+    peers: list[int] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"kind": "Status", "code": 200})
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/version", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await web.SockSite(runner, sock).start()
+        config = tmp_path / "kubeconfig"
+        config.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }))  # fmt: skip
+        writer = kube.AsyncWriter(str(config))
+        try:
+            assert (await writer.request("GET", "/version"))[0] == 200
+            await asyncio.sleep(0.2)  # idle, within the keepalive
+            assert (await writer.request("GET", "/version"))[0] == 200
+            await asyncio.sleep(1.5)  # idle past it
+            assert (await writer.request("GET", "/version"))[0] == 200
+        finally:
+            await writer.close()
+            await runner.cleanup()
+
+    asyncio.run(go())
+    assert len(peers) == 3
+    assert peers[0] == peers[1] and peers[2] != peers[1]
