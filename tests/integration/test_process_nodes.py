@@ -147,6 +147,7 @@ def test_node_removed_mid_training_moves_the_job_to_the_spare_node(
         with Census(core, namespace, "ddp") as census:
             t0 = time.monotonic()
             faults.process_node_gone(cluster, node)
+            assert not faults.kube_proxies(cluster, node)  # gone with its machine
             st = jobs.wait_phase(custom, namespace, "ddp", "Restarting", timeout=90)
             noticed = time.monotonic() - t0
             resumed = wait_for(

@@ -4,9 +4,11 @@ The KWOK stages in kwok-stages.yaml act on the annotations set here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from pathlib import Path
 
 from distml.localcluster.cluster import LocalCluster, process_node_index
 from distml.localcluster.nodes import BLOCK_LABEL, SIMULATED_LABEL
@@ -82,7 +84,28 @@ def process_node_gone(c: LocalCluster, node: str) -> None:
     if (agent := c.process_agents().get(index)) is not None:
         os.kill(agent, signal.SIGKILL)
     network.kill_all(c.node_network().node(index))
+    for pid in kube_proxies(c, node):  # in this machine's namespace, in a session of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     c.kubectl("delete", f"node/{node}", "--wait=false")
+
+
+def kube_proxies(c: LocalCluster, node: str) -> list[int]:
+    """The kube-proxy processes of this cluster's process node `node`. They run outside the
+    node's network namespace, so killing what is in it does not reach them, and the node's agent
+    dying by SIGKILL leaves them behind (the node that replaces it would get a second one)."""
+    wanted = {f"--kubeconfig={c.kubeconfig}".encode(), f"--hostname-override={node}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if argv and argv[0].endswith(b"kube-proxy") and wanted <= set(argv):
+            found.append(int(entry.name))
+    return found
 
 
 def node_cut(c: LocalCluster, node: str, off: bool = True) -> None:
