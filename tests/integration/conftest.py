@@ -53,18 +53,20 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name[:40].lower().replace("_", "-"))
     name = f"t-{slug.strip('-')}-{uuid.uuid4().hex[:5]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    from .helpers import wait_for
+
     # Pods are refused until kube-controller-manager has made its default ServiceAccount: a test
     # that restarts the API server at once could otherwise find it missing for as long as the
     # controller manager's own watch backs off after the outage.
-    deadline = time.monotonic() + 60
-    while True:
+    def default_service_account() -> client.V1ServiceAccount | None:
         try:
-            core.read_namespaced_service_account("default", name)
-            break
+            return core.read_namespaced_service_account("default", name)
         except client.ApiException as err:
-            if err.status != 404 or time.monotonic() > deadline:
+            if err.status != 404:
                 raise
-            time.sleep(0.1)
+            return None
+
+    wait_for(f"{name}'s default ServiceAccount", default_service_account, timeout=60, every=0.1)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 

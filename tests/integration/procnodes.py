@@ -16,6 +16,7 @@ import urllib3
 from kubernetes import client
 
 from distml import labels
+from distml.localcluster import processes
 from distml.localcluster.cluster import LocalCluster
 from distml.localnode import network, proxy
 
@@ -80,17 +81,9 @@ def events_of(core: client.CoreV1Api, ns: str, pod: str) -> list[dict]:
 
 def training_pids(folder: Path) -> list[int]:
     """The training processes (not their launchers) that write to `folder`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if "distml_runtime.train.ddp" in argv[:3] and str(folder) in argv:
-            found.append(int(proc.name))
-    return found
+    return processes.matching(
+        lambda argv: "distml_runtime.train.ddp" in argv[:3] and str(folder) in argv
+    )
 
 
 def training_pid(folder: Path) -> int:

@@ -8,8 +8,8 @@ import contextlib
 import json
 import os
 import signal
-from pathlib import Path
 
+from distml.localcluster import processes
 from distml.localcluster.cluster import LocalCluster, process_node_index
 from distml.localcluster.nodes import BLOCK_LABEL, SIMULATED_LABEL
 from distml.localnode import network
@@ -94,18 +94,8 @@ def kube_proxies(c: LocalCluster, node: str) -> list[int]:
     """The kube-proxy processes of this cluster's process node `node`. They run outside the
     node's network namespace, so killing what is in it does not reach them, and the node's agent
     dying by SIGKILL leaves them behind (the node that replaces it would get a second one)."""
-    wanted = {f"--kubeconfig={c.kubeconfig}".encode(), f"--hostname-override={node}".encode()}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        if argv and argv[0].endswith(b"kube-proxy") and wanted <= set(argv):
-            found.append(int(entry.name))
-    return found
+    wanted = {f"--kubeconfig={c.kubeconfig}", f"--hostname-override={node}"}
+    return processes.matching(lambda argv: argv[0].endswith("kube-proxy") and wanted <= set(argv))
 
 
 def node_cut(c: LocalCluster, node: str, off: bool = True) -> None:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -53,6 +54,15 @@ def command_line(pid: int) -> list[str]:
     except OSError:
         return []
     return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def matching(test: Callable[[list[str]], bool]) -> list[int]:
+    """The pids of this machine's processes whose argv passes `test`."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (argv := command_line(int(entry.name))) and test(argv)
+    ]
 
 
 def alive(pid: int) -> bool:
